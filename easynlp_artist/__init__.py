@@ -1,0 +1,1 @@
+"""ARTIST: knowledge-enhanced Chinese text-to-image generation."""

@@ -1,0 +1,1 @@
+"""Knowledge pipeline: entity store, lexicon matching (word lattice), preprocessing, TransE."""

@@ -1,0 +1,1 @@
+"""ModelZoo: checkpoint registry — names to object-storage URIs, verified downloads, local cache."""
