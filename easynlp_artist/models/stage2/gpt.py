@@ -1,0 +1,366 @@
+"""Stage 2 of ARTIST: a decoder-only transformer that writes image tokens after text tokens.
+
+The layout is minGPT's, so the original EasyNLP weights load one to one (see ``convert_original``):
+one embedding table holds image codes (ids ``0 .. img_vocab_size-1``) and text tokens (offset by
+``img_vocab_size``), positions are learned, blocks are pre-LN with exact GELU, and the output head
+covers the image codes only.
+
+Knowledge (the paper's contribution) is an optional part of the same class: with ``entity_dim``
+set, ``ent_emb`` projects entity vectors to the model width and every text token embedding gets
+the softmax-weighted average of the entities whose span covers it, weighted by the inner product
+with the token embedding. This happens *before* the transformer, so every image position attends
+to the fused text — at training and at each cached decoding step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from easynlp_artist.knowledge.batch import KnowledgeInputs
+
+# Keys of the original minGPT checkpoint that carry no weights (a causal-mask buffer per block).
+_ORIGINAL_BUFFER_SUFFIX = ".attn.mask"
+
+
+@dataclass
+class GPTConfig:
+    img_vocab_size: int = 16384  # image codes = VQGAN codebook size
+    text_vocab_size: int = 21128  # BERT Chinese WordPiece
+    text_len: int = 32
+    img_len: int = 256  # image tokens = (resolution / downsampling factor) ** 2
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    embd_pdrop: float = 0.0
+    resid_pdrop: float = 0.0
+    attn_pdrop: float = 0.0
+    entity_dim: int | None = None  # width of entity vectors; None = no knowledge fusion
+    caption_dropout: float = 0.0  # training only: drop text + entities so guidance has p(image)
+
+    def __post_init__(self) -> None:
+        for name in ("img_vocab_size", "text_vocab_size", "text_len", "img_len", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GPTConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.entity_dim is not None and self.entity_dim <= 0:
+            raise ValueError(f"GPTConfig.entity_dim must be positive or None, got {self.entity_dim}")
+        for name in ("embd_pdrop", "resid_pdrop", "attn_pdrop", "caption_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.img_vocab_size + self.text_vocab_size
+
+    @property
+    def block_size(self) -> int:
+        return self.text_len + self.img_len
+
+    @property
+    def knowledge(self) -> bool:
+        return self.entity_dim is not None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GPTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig fields: {', '.join(unknown)}")
+        return cls(**d)
+
+
+class KVCache:
+    """Keys and values of every layer for a fixed batch, preallocated to ``block_size`` positions.
+
+    ``length`` is the number of positions already written. Views of the first ``length`` entries are
+    handed to attention, so each decoding step costs one token's worth of projections.
+    """
+
+    def __init__(self, config: GPTConfig, batch: int, device, dtype) -> None:
+        hd = config.n_embd // config.n_head
+        shape = (config.n_layer, batch, config.n_head, config.block_size, hd)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # k, v: (B, H, T, hd) for the new positions; returns all positions so far
+        t0, t1 = self.length, self.length + k.shape[2]
+        self.k[layer, :, :, t0:t1] = k
+        self.v[layer, :, :, t0:t1] = v
+        return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)  # query, key, value stacked
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+        self.attn_pdrop = config.attn_pdrop
+        self.resid_drop = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(layer, k, v)  # (B, H, past + T, hd)
+        dropout = self.attn_pdrop if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        elif T == 1:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # one new token sees all
+        else:
+            # new block after a cached prefix: query i (absolute past + i) sees keys 0 .. past + i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.n_embd)
+        # indices 0 and 2 match the original keys mlp.0 / mlp.2
+        self.mlp = nn.Sequential(
+            nn.Linear(config.n_embd, 4 * config.n_embd),
+            nn.GELU(),  # exact (erf) GELU, as minGPT
+            nn.Linear(4 * config.n_embd, config.n_embd),
+            nn.Dropout(config.resid_pdrop),
+        )
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, layer)
+        return x + self.mlp(self.ln2(x))
+
+
+def fuse_knowledge(tok: torch.Tensor, ent: torch.Tensor, knowledge: KnowledgeInputs) -> torch.Tensor:
+    """Add to each text token the entities covering it, softmax-weighted by inner product.
+
+    tok: (B, Tt, C) text token embeddings; ent: (B, E, C) projected entity vectors.
+    A token covered by no entity is returned unchanged (its weights are all zero).
+    """
+    cover = knowledge.coverage(tok.shape[1])  # (B, Tt, E)
+    scores = torch.einsum("btc,bec->bte", tok, ent)
+    scores = scores.masked_fill(~cover, torch.finfo(scores.dtype).min)
+    # masked scores underflow to weight 0; multiplying by cover also zeroes rows with no entity
+    weights = scores.softmax(dim=-1) * cover
+    return tok + torch.einsum("bte,bec->btc", weights, ent)
+
+
+class ArtistGPT(nn.Module):
+    """p(image tokens | text [, entities]).
+
+    Inputs use two id spaces, kept apart for clarity: ``text_ids`` are tokenizer ids (0 = [PAD])
+    and ``image_ids`` are VQGAN codes. The offset into the shared embedding table is applied here.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_emb = nn.Parameter(torch.zeros(1, config.block_size, config.n_embd))
+        self.ent_emb = nn.Linear(config.entity_dim, config.n_embd) if config.knowledge else None
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.img_vocab_size, bias=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # minGPT's initialisation
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+
+    @staticmethod
+    def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+        """Parameter names and shapes for ``config``, computed without allocating memory."""
+        with torch.device("meta"):
+            model = ArtistGPT(config)
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names AdamW must not decay (positions; embeddings, norms, biases by kind)."""
+        return {"pos_emb"}
+
+    @property
+    def pad_text_id(self) -> int:
+        return 0
+
+    # ---- embedding -------------------------------------------------------------------------------
+
+    def embed_text(self, text_ids: torch.Tensor, knowledge: KnowledgeInputs | None) -> torch.Tensor:
+        """(B, Tt) tokenizer ids → (B, Tt, C) token embeddings with knowledge fused (no positions)."""
+        if text_ids.shape[1] != self.config.text_len:
+            raise ValueError(f"text_ids must have text_len={self.config.text_len} columns, got {text_ids.shape[1]}")
+        tok = self.tok_emb(text_ids + self.config.img_vocab_size)
+        if knowledge is None or knowledge.mask.shape[1] == 0:
+            return tok
+        if self.ent_emb is None:
+            raise ValueError("entities were given but this model has no knowledge part (entity_dim=None)")
+        if knowledge.dim != self.config.entity_dim:
+            raise ValueError(f"entity vectors have width {knowledge.dim}, model expects entity_dim={self.config.entity_dim}")
+        ent = self.ent_emb(knowledge.vectors.to(tok.dtype))  # (B, E, C)
+        return fuse_knowledge(tok, ent, knowledge)
+
+    def _run(self, x: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
+        """Embeddings of positions ``start .. start+T-1`` (B, T, C) → final hidden states (B, T, C)."""
+        T = x.shape[1]
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} positions exceeds block_size={self.config.block_size}")
+        x = self.drop(x + self.pos_emb[:, start : start + T])
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.ln_f(x)
+
+    # ---- training / scoring ----------------------------------------------------------------------
+
+    def _drop_captions(
+        self, text_ids: torch.Tensor, knowledge: KnowledgeInputs | None
+    ) -> tuple[torch.Tensor, KnowledgeInputs | None]:
+        p = self.config.caption_dropout
+        if not (self.training and p > 0):
+            return text_ids, knowledge
+        drop = torch.rand(text_ids.shape[0], device=text_ids.device) < p  # (B,)
+        text_ids = text_ids.masked_fill(drop[:, None], self.pad_text_id)
+        if knowledge is not None:
+            knowledge = KnowledgeInputs(
+                knowledge.vectors, knowledge.starts, knowledge.ends, knowledge.mask & ~drop[:, None]
+            )
+        return text_ids, knowledge
+
+    def image_logits(
+        self, text_ids: torch.Tensor, image_ids: torch.Tensor, knowledge: KnowledgeInputs | None = None
+    ) -> torch.Tensor:
+        """Teacher-forced logits for every image token: (B, Ti, img_vocab_size).
+
+        Position ``text_len - 1 + i`` predicts image token ``i``; the last image token is never
+        an input.
+        """
+        text_ids, knowledge = self._drop_captions(text_ids, knowledge)
+        Tt = self.config.text_len
+        x = torch.cat([self.embed_text(text_ids, knowledge), self.tok_emb(image_ids[:, :-1])], dim=1)
+        h = self._run(x, 0, None)
+        return self.head(h[:, Tt - 1 :])
+
+    def forward(
+        self, text_ids: torch.Tensor, image_ids: torch.Tensor, knowledge: KnowledgeInputs | None = None
+    ) -> torch.Tensor:
+        """Mean negative log-likelihood of the image tokens (text tokens are not predicted)."""
+        logits = self.image_logits(text_ids, image_ids, knowledge)
+        return F.cross_entropy(logits.float().flatten(0, 1), image_ids.flatten())
+
+    # ---- incremental decoding --------------------------------------------------------------------
+
+    def new_cache(self, batch: int, device=None, dtype=None) -> KVCache:
+        p = self.pos_emb
+        return KVCache(self.config, batch, device or p.device, dtype or p.dtype)
+
+    def prefill(
+        self,
+        text_ids: torch.Tensor,
+        knowledge: KnowledgeInputs | None,
+        cache: KVCache | None,
+        image_prefix: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run text (+ known leading image tokens); return logits for the next image token (B, V)."""
+        x = self.embed_text(text_ids, knowledge)
+        if image_prefix is not None and image_prefix.shape[1]:
+            x = torch.cat([x, self.tok_emb(image_prefix)], dim=1)
+        h = self._run(x, 0, cache)
+        return self.head(h[:, -1])
+
+    def step(self, image_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Feed the newest image token (B, 1) after ``cache.length`` cached positions → logits (B, V)."""
+        h = self._run(self.tok_emb(image_ids), cache.length, cache)
+        return self.head(h[:, -1])
+
+
+def convert_original(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """minGPT/EasyNLP ``transformer.*`` keys (prefix optional) → ``ArtistGPT`` state dict.
+
+    Query, key and value are stacked into ``qkv``; ``ent_emb`` keeps its name; the per-block
+    ``attn.mask`` buffers are checked for shape and dropped. Every other key must be used: missing
+    or unexpected keys raise ``ValueError`` listing them.
+    """
+    prefix = "transformer."
+    sd = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
+    out: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    problems: list[str] = []
+    for key in list(sd):
+        if key.endswith(_ORIGINAL_BUFFER_SUFFIX):
+            used.add(key)
+            bs = config.block_size
+            if tuple(sd[key].shape[-2:]) != (bs, bs):
+                problems.append(f"{key}: mask of shape {tuple(sd[key].shape)} does not fit block_size={bs}")
+    for i in range(config.n_layer):
+        for kind in ("weight", "bias"):
+            parts = [f"blocks.{i}.attn.{n}.{kind}" for n in ("query", "key", "value")]
+            if all(p in sd for p in parts):
+                out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([sd[p] for p in parts], dim=0)
+                used.update(parts)
+    for key, value in sd.items():
+        if key not in used:
+            out[key] = value
+    expected = ArtistGPT.expected_shapes(config)
+    missing = sorted(set(expected) - set(out))
+    unexpected = sorted(set(out) - set(expected))
+    wrong = sorted(
+        f"{k}: checkpoint {tuple(out[k].shape)} vs model {expected[k]}"
+        for k in set(out) & set(expected)
+        if tuple(out[k].shape) != expected[k]
+    )
+    if missing:
+        problems.append("missing keys: " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(unexpected))
+    if wrong:
+        problems.append("wrong shapes: " + "; ".join(wrong))
+    if problems:
+        raise ValueError("checkpoint does not fit the GPT config:\n  " + "\n  ".join(problems))
+    return out
+
+
+def to_original(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Inverse of ``convert_original``: split ``qkv`` and add the causal-mask buffers (no prefix)."""
+    out: dict[str, torch.Tensor] = {}
+    C = config.n_embd
+    bs = config.block_size
+    mask = torch.tril(torch.ones(bs, bs)).view(1, 1, bs, bs)
+    for key, value in sd.items():
+        if ".attn.qkv." in key:
+            head, kind = key.split(".attn.qkv.")
+            for name, part in zip(("query", "key", "value"), value.split(C, dim=0)):
+                out[f"{head}.attn.{name}.{kind}"] = part.clone()
+        else:
+            out[key] = value
+    for i in range(config.n_layer):
+        out[f"blocks.{i}.attn.mask"] = mask.clone()
+    return out
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,317 @@
+"""Stage-2 GPT: shapes, knowledge fusion, KV cache, sampling, and the original weight layout."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from easynlp_artist.knowledge.batch import KnowledgeInputs
+from easynlp_artist.models.stage2.gpt import ArtistGPT, GPTConfig, convert_original, to_original
+from easynlp_artist.models.stage2.sampling import SamplingConfig, filter_logits, guide, sample_image_tokens
+
+TINY = dict(img_vocab_size=20, text_vocab_size=30, text_len=5, img_len=6, n_layer=2, n_head=2, n_embd=16)
+
+
+def tiny(entity_dim=None, seed=0, **kw):
+    torch.manual_seed(seed)
+    model = ArtistGPT(GPTConfig(**TINY, entity_dim=entity_dim, **kw)).eval()
+    # random, non-trivial weights everywhere (the init leaves biases and positions at zero)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+def batch(b=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(1, TINY["text_vocab_size"], (b, TINY["text_len"]), generator=g)
+    text[0, 3:] = 0  # right padding, as the tokenizer produces
+    img = torch.randint(0, TINY["img_vocab_size"], (b, TINY["img_len"]), generator=g)
+    return text, img
+
+
+def knowledge(b=3, dim=4, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    # row 0: nested + overlapping spans; row 1: one entity; row 2: none
+    spans = [[(0, 2), (1, 2), (1, 4)], [(2, 3)], []]
+    vecs = [torch.randn(len(s), dim, generator=g) for s in spans]
+    return KnowledgeInputs.from_lists(vecs[:b], spans[:b], dim)
+
+
+def test_config_derives_sizes_and_validates():
+    c = GPTConfig()
+    assert (c.vocab_size, c.block_size) == (16384 + 21128, 32 + 256)
+    with pytest.raises(ValueError, match="n_embd"):
+        GPTConfig(n_embd=10, n_head=3)
+    with pytest.raises(ValueError, match="caption_dropout"):
+        GPTConfig(caption_dropout=1.0)
+    with pytest.raises(ValueError, match="unknown GPTConfig fields: bogus"):
+        GPTConfig.from_dict({"bogus": 1})
+
+
+def test_release_parameter_count():
+    shapes = ArtistGPT.expected_shapes(GPTConfig())
+    n = sum(math.prod(s) for s in shapes.values())
+    assert n == 126_669_312
+    shapes_k = ArtistGPT.expected_shapes(GPTConfig(entity_dim=100))
+    assert shapes_k["ent_emb.weight"] == (768, 100)
+
+
+def test_shapes_and_loss_is_image_nll():
+    model = tiny()
+    text, img = batch()
+    logits = model.image_logits(text, img)
+    assert logits.shape == (3, TINY["img_len"], TINY["img_vocab_size"])
+    loss = model(text, img)
+    manual = -logits.log_softmax(-1).gather(-1, img.unsqueeze(-1)).mean()
+    torch.testing.assert_close(loss, manual)
+
+
+def _reference_logits(sd, cfg, text, img, know=None):
+    """Plain-torch forward from original-layout tensors, written independently of the model."""
+    V, C, H = cfg.img_vocab_size, cfg.n_embd, cfg.n_head
+    ids = torch.cat([text + V, img[:, :-1]], 1)
+    x = sd["tok_emb.weight"][ids]
+    if know is not None:
+        ent = know.vectors @ sd["ent_emb.weight"].T + sd["ent_emb.bias"]
+        fused = x.clone()
+        for b in range(x.shape[0]):
+            for t in range(cfg.text_len):
+                cover = [e for e in range(ent.shape[1]) if know.mask[b, e] and know.starts[b, e] <= t < know.ends[b, e]]
+                if cover:
+                    w = torch.softmax(torch.stack([x[b, t] @ ent[b, e] for e in cover]), 0)
+                    fused[b, t] = x[b, t] + sum(w[j] * ent[b, e] for j, e in enumerate(cover))
+        x = fused
+    T = x.shape[1]
+    x = x + sd["pos_emb"][:, :T]
+    hd = C // H
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    for i in range(cfg.n_layer):
+        p = f"blocks.{i}."
+        h = F.layer_norm(x, (C,), sd[p + "ln1.weight"], sd[p + "ln1.bias"], 1e-5)
+        q, k, v = (
+            (h @ sd[p + f"attn.{n}.weight"].T + sd[p + f"attn.{n}.bias"]).view(-1, T, H, hd).transpose(1, 2)
+            for n in ("query", "key", "value")
+        )
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
+        att = att.masked_fill(~causal, float("-inf")).softmax(-1)
+        y = (att @ v).transpose(1, 2).reshape(-1, T, C)
+        x = x + y @ sd[p + "attn.proj.weight"].T + sd[p + "attn.proj.bias"]
+        h = F.layer_norm(x, (C,), sd[p + "ln2.weight"], sd[p + "ln2.bias"], 1e-5)
+        h = h @ sd[p + "mlp.0.weight"].T + sd[p + "mlp.0.bias"]
+        h = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
+        x = x + h @ sd[p + "mlp.2.weight"].T + sd[p + "mlp.2.bias"]
+    x = F.layer_norm(x, (C,), sd["ln_f.weight"], sd["ln_f.bias"], 1e-5)
+    return (x @ sd["head.weight"].T)[:, cfg.text_len - 1 :]
+
+
+def _raw_original_state_dict(cfg, seed=3):
+    """Random tensors under the original key names (minGPT layout, `transformer.` prefix)."""
+    g = torch.Generator().manual_seed(seed)
+    C, bs = cfg.n_embd, cfg.block_size
+    r = lambda *s: torch.randn(*s, generator=g) * 0.3  # noqa: E731
+    sd = {"tok_emb.weight": r(cfg.vocab_size, C), "pos_emb": r(1, bs, C)}
+    for i in range(cfg.n_layer):
+        p = f"blocks.{i}."
+        for n in ("ln1", "ln2"):
+            sd[p + n + ".weight"], sd[p + n + ".bias"] = 1 + r(C), r(C)
+        for n in ("key", "query", "value", "proj"):
+            sd[p + f"attn.{n}.weight"], sd[p + f"attn.{n}.bias"] = r(C, C), r(C)
+        sd[p + "attn.mask"] = torch.tril(torch.ones(bs, bs)).view(1, 1, bs, bs)
+        sd[p + "mlp.0.weight"], sd[p + "mlp.0.bias"] = r(4 * C, C), r(4 * C)
+        sd[p + "mlp.2.weight"], sd[p + "mlp.2.bias"] = r(C, 4 * C), r(C)
+    sd["ln_f.weight"], sd["ln_f.bias"] = 1 + r(C), r(C)
+    sd["head.weight"] = r(cfg.img_vocab_size, C)
+    if cfg.entity_dim:
+        sd["ent_emb.weight"], sd["ent_emb.bias"] = r(C, cfg.entity_dim), r(C)
+    return sd
+
+
+@pytest.mark.parametrize("entity_dim", [None, 4])
+def test_original_layout_matches_independent_forward(entity_dim):
+    cfg = GPTConfig(**TINY, entity_dim=entity_dim)
+    raw = _raw_original_state_dict(cfg)
+    model = ArtistGPT(cfg).eval()
+    model.load_state_dict(convert_original({"transformer." + k: v for k, v in raw.items()}, cfg))
+    text, img = batch()
+    know = knowledge() if entity_dim else None
+    with torch.no_grad():
+        ours = model.image_logits(text, img, know)
+    torch.testing.assert_close(ours, _reference_logits(raw, cfg, text, img, know), rtol=1e-4, atol=1e-4)
+    back = to_original(model.state_dict(), cfg)
+    assert set(back) == set(raw)
+    for k in raw:
+        torch.testing.assert_close(back[k], raw[k])
+
+
+def test_original_layout_errors_list_every_problem():
+    cfg = GPTConfig(**TINY)
+    raw = _raw_original_state_dict(cfg)
+    del raw["blocks.1.mlp.0.bias"]
+    raw["extra.weight"] = torch.zeros(1)
+    raw["head.weight"] = torch.zeros(7, cfg.n_embd)
+    with pytest.raises(ValueError) as e:
+        convert_original(raw, cfg)
+    msg = str(e.value)
+    assert "missing keys: blocks.1.mlp.0.bias" in msg
+    assert "unexpected keys: extra.weight" in msg
+    assert "head.weight: checkpoint (7, 16)" in msg
+
+
+def test_no_entities_equals_knowledge_off():
+    plain, with_k = tiny(), tiny(entity_dim=4)
+    state = {k: v for k, v in with_k.state_dict().items() if not k.startswith("ent_emb")}
+    plain.load_state_dict(state)
+    text, img = batch()
+    ref = plain.image_logits(text, img)
+    k = knowledge()
+    none = KnowledgeInputs(k.vectors, k.starts, k.ends, torch.zeros_like(k.mask))
+    for know in (None, KnowledgeInputs.empty(3, 4), none):
+        torch.testing.assert_close(with_k.image_logits(text, img, know), ref)
+
+
+def test_knowledge_reaches_every_image_position_and_only_covered_tokens():
+    model = tiny(entity_dim=4)
+    text, img = batch()
+    k = knowledge()
+    a, b = model.image_logits(text, img), model.image_logits(text, img, k)
+    diff = (a - b).abs().amax(-1)  # (B, img_len)
+    assert (diff[:2] > 1e-4).all(), "fused entities must change every image position of rows with entities"
+    assert diff[2].max() == 0, "a row without entities is unchanged"
+    emb_plain = model.embed_text(text, None)
+    emb_fused = model.embed_text(text, k)
+    changed = (emb_plain - emb_fused).abs().amax(-1) > 0  # (B, text_len)
+    assert changed.tolist() == [
+        [True, True, True, True, False],
+        [False, False, True, False, False],
+        [False] * 5,
+    ]
+
+
+def test_gradients_reach_fusion_projection():
+    model = tiny(entity_dim=4).train()
+    text, img = batch()
+    model(text, img, knowledge()).backward()
+    assert model.ent_emb.weight.grad is not None and model.ent_emb.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_entity_width_checked():
+    model = tiny(entity_dim=4)
+    text, img = batch()
+    with pytest.raises(ValueError, match="entity_dim=4"):
+        model.image_logits(text, img, knowledge(dim=5))
+    with pytest.raises(ValueError, match="no knowledge part"):
+        tiny().image_logits(text, img, knowledge())
+
+
+def test_caption_dropout_only_in_training():
+    model = tiny(entity_dim=4, caption_dropout=0.5)
+    text, img = batch(b=3)
+    k = knowledge()
+    torch.testing.assert_close(model.image_logits(text, img, k), tiny(entity_dim=4).image_logits(text, img, k))
+    model.train()
+    torch.manual_seed(0)
+    dropped_text, dropped_k = model._drop_captions(text, k)
+    rows = (dropped_text == 0).all(1)
+    assert torch.equal(dropped_k.mask[rows], torch.zeros_like(dropped_k.mask[rows]))
+    assert torch.equal(dropped_text[~rows], text[~rows])
+    drops = [model._drop_captions(text, None)[0].eq(0).all(1).float().mean() for _ in range(400)]
+    assert abs(torch.stack(drops).mean().item() - 0.5) < 0.08
+
+
+@pytest.mark.parametrize("entity_dim", [None, 4])
+def test_kv_cache_equals_full_recompute(entity_dim):
+    model = tiny(entity_dim=entity_dim)
+    text, img = batch()
+    know = knowledge() if entity_dim else None
+    full = model.image_logits(text, img, know)  # teacher forcing, one pass
+    cache = model.new_cache(3)
+    step_logits = [model.prefill(text, know, cache)]
+    for i in range(TINY["img_len"] - 1):
+        step_logits.append(model.step(img[:, i : i + 1], cache))
+    torch.testing.assert_close(torch.stack(step_logits, 1), full, rtol=1e-5, atol=1e-5)
+    # a cached prefix followed by a multi-token block
+    cache = model.new_cache(3)
+    model.prefill(text, know, cache)
+    h = model._run(model.tok_emb(img[:, :3]), cache.length, cache)
+    torch.testing.assert_close(model.head(h), full[:, 1:4], rtol=1e-5, atol=1e-5)
+    greedy = SamplingConfig(top_k=1)
+    a = sample_image_tokens(model, text, know, sampling=greedy, use_cache=True)
+    b = sample_image_tokens(model, text, know, sampling=greedy, use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_sampling_with_guidance_cache_equals_recompute():
+    model = tiny(entity_dim=4)
+    text, _ = batch()
+    s = SamplingConfig(top_k=5, guidance_scale=3.0)
+    runs = [
+        sample_image_tokens(
+            model, text, knowledge(), num_images_per_prompt=2, sampling=s,
+            generator=torch.Generator().manual_seed(7), use_cache=c,
+        )
+        for c in (True, False)
+    ]
+    assert torch.equal(*runs)
+
+
+def test_same_seed_same_tokens_and_valid_codes():
+    model = tiny()
+    text, _ = batch()
+    run = lambda seed: sample_image_tokens(  # noqa: E731
+        model, text, num_images_per_prompt=4, generator=torch.Generator().manual_seed(seed)
+    )
+    a, b, c = run(0), run(0), run(1)
+    assert a.shape == (12, TINY["img_len"])
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() < TINY["img_vocab_size"]
+
+
+def test_guidance_scale_one_is_plain_conditional_sampling():
+    model = tiny(entity_dim=4)
+    text, _ = batch()
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    plain = sample_image_tokens(model, text, knowledge(), sampling=SamplingConfig(), generator=gen())
+    one = sample_image_tokens(model, text, knowledge(), sampling=SamplingConfig(guidance_scale=1.0), generator=gen())
+    assert torch.equal(plain, one)
+    # guidance mixes logits exactly: scale 1 gives the conditional logits, 0 the unconditional ones
+    c, u = torch.randn(4, 20), torch.randn(4, 20)
+    torch.testing.assert_close(guide(c, u, 1.0), c)
+    torch.testing.assert_close(guide(c, u, 0.0), u)
+    # with scale 0 the prompt no longer matters: every prompt samples like the empty caption
+    zero = SamplingConfig(guidance_scale=0.0, top_k=1)
+    empty = torch.zeros_like(text)
+    assert torch.equal(
+        sample_image_tokens(model, text, knowledge(), sampling=zero),
+        sample_image_tokens(model, empty, sampling=SamplingConfig(top_k=1)),
+    )
+
+
+def test_image_prompt_completion_keeps_the_prefix():
+    model = tiny()
+    text, img = batch()
+    out = sample_image_tokens(model, text, image_prefix=img[:, :3], num_images_per_prompt=2,
+                              generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :3], img[:, :3].repeat_interleave(2, 0))
+    greedy = SamplingConfig(top_k=1)
+    a = sample_image_tokens(model, text, image_prefix=img[:, :3], sampling=greedy)
+    b = sample_image_tokens(model, text, image_prefix=img[:, :3], sampling=greedy, use_cache=False)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="fewer than img_len"):
+        sample_image_tokens(model, text, image_prefix=img)
+
+
+def test_filter_logits_against_sorting_by_hand():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [0.5, 0.1, 0.2, 4.0]])
+    top2 = filter_logits(logits, 2, None)
+    assert torch.isfinite(top2).tolist() == [[False, True, True, False], [True, False, False, True]]
+    p = logits.softmax(-1)
+    # row 0 probabilities sorted: 3.0 (0.64), 2.0 (0.24), ... → top_p 0.7 keeps two codes
+    assert p[0, 1] < 0.7 < p[0, 1] + p[0, 2]
+    nucleus = filter_logits(logits, None, 0.7)
+    assert torch.isfinite(nucleus[0]).tolist() == [False, True, True, False]
+    assert torch.isfinite(nucleus[1]).tolist() == [False, False, False, True]  # 0.93 alone ≥ 0.7
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingConfig(temperature=0)
