@@ -1,0 +1,1 @@
+"""The synthetic shapes-and-knowledge world (images, captions, knowledge graph) and its attribute reader."""

@@ -1,0 +1,433 @@
+"""The synthetic "shapes and knowledge" world: rendering, captions, and the dataset builder.
+
+Each image is 64×64 RGB and shows one shape (circle, square, triangle, star) in one of six colours
+on a white, black or grey background, at a varied position and size. Captions are Chinese and
+either name the attributes ("一个红色的圆形在白色背景上") or name a real-world entity ("白色背景上的番茄"),
+the image then showing that entity's colour and shape. Held-out entities never appear in captions.
+
+    python -m examples.shapes.world --out DIR --seed 0 [--n_train N --n_valid N --n_test_prompts N]
+
+writes (all atomically, deterministic from the seed, byte for byte):
+
+- ``train.tsv``, ``valid.tsv``: ``idx\\ttext\\timgbase64`` (no header; base64 PNG, standard alphabet)
+- ``test.tsv``: ``idx\\ttext``
+- ``eval_prompts.tsv``: header ``kind\\tprompt\\tcolour\\tshape``; kind ∈ attribute, seen_entity,
+  heldout_entity
+- ``triples.tsv``: ``head\\trelation\\ttail``; ``entity2id.txt`` and ``relation2id.txt``: first line the
+  count, then ``name\\tid``
+- ``entities.json``: vocabularies with RGB values, entities with colour/shape/held-out flag, counts
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .knowledge import (
+    ENTITIES,
+    Entity,
+    build_triples,
+    graph_nodes,
+    graph_relations,
+    held_out_entities,
+    seen_entities,
+)
+from .palette import (
+    BACKGROUND_BY_NAME,
+    BACKGROUNDS,
+    COLOUR_BY_NAME,
+    COLOURS,
+    IMAGE_SIZE,
+    RGB,
+    SHAPE_BY_NAME,
+    SHAPES,
+)
+
+SUPERSAMPLE = 4
+"""Shapes are drawn at this multiple of the final size, then downsampled (anti-aliasing)."""
+
+MIN_SIZE_FRACTION = 0.45
+MAX_SIZE_FRACTION = 0.8
+"""Shape size (side of its bounding square) as a fraction of the image side."""
+
+MARGIN = 2
+"""Minimum distance in pixels between the shape's bounding square and the image border."""
+
+STAR_INNER_RATIO = 0.4
+"""Inner radius of the five-pointed star over its outer radius."""
+
+ENTITY_CAPTION_FRACTION = 0.5
+"""Share of training/validation captions that name an entity rather than the attributes."""
+
+ATTRIBUTE_TEMPLATES: tuple[str, ...] = (
+    "一个{colour}的{shape}在{background}背景上",
+    "{background}背景上有一个{colour}{shape}",
+    "{background}背景上的{colour}{shape}",
+    "一个{colour}的{shape}",
+    "{colour}的{short}",
+    "画一个{colour}的{shape}",
+)
+
+ENTITY_TEMPLATES: tuple[str, ...] = (
+    "一个{entity}",
+    "{background}背景上的{entity}",
+    "一个{entity}在{background}背景上",
+    "{background}背景上有一个{entity}",
+    "画一个{entity}",
+)
+
+EVAL_ATTRIBUTE_TEMPLATE = "一个{colour}的{shape}"
+EVAL_ENTITY_TEMPLATE = "一个{entity}"
+
+EVAL_KINDS = ("attribute", "seen_entity", "heldout_entity")
+
+DEFAULT_N_TRAIN = 6000
+DEFAULT_N_VALID = 300
+DEFAULT_N_TEST_PROMPTS = 120
+
+_SPLIT_STREAMS = {"train": 1, "valid": 2, "test": 3}
+
+
+@dataclass(frozen=True)
+class Scene:
+    colour: str
+    shape: str
+    background: str
+    center: tuple[float, float]  # (x, y) in pixels of the final image
+    size: float  # side of the shape's bounding square, in pixels
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    scene: Scene
+    entity: str | None  # the entity the caption names, None for attribute captions
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _shape_polygon(shape: str, cx: float, cy: float, half: float) -> list[tuple[float, float]]:
+    if shape == "正方形":
+        return [(cx - half, cy - half), (cx + half, cy - half), (cx + half, cy + half), (cx - half, cy + half)]
+    if shape == "三角形":
+        return [(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)]
+    if shape == "星形":
+        points = []
+        for k in range(10):
+            radius = half if k % 2 == 0 else half * STAR_INNER_RATIO
+            angle = -np.pi / 2 + k * np.pi / 5
+            points.append((cx + radius * float(np.cos(angle)), cy + radius * float(np.sin(angle))))
+        return points
+    raise ValueError(f"no polygon for shape {shape!r}")
+
+
+def random_scene(
+    rng: np.random.Generator, colour: str, shape: str, background: str | None = None, image_size: int = IMAGE_SIZE
+) -> Scene:
+    """A scene with the given colour and shape; background (unless given), size and position drawn from rng."""
+    if background is None:
+        background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))].name
+    size = float(rng.uniform(MIN_SIZE_FRACTION, MAX_SIZE_FRACTION)) * image_size
+    low = MARGIN + size / 2
+    high = image_size - MARGIN - size / 2
+    cx, cy = (float(v) for v in rng.uniform(low, high, size=2))
+    return Scene(colour, shape, background, (cx, cy), size)
+
+
+def render(
+    colour: str,
+    shape: str,
+    background: str | None = None,
+    center: tuple[float, float] | None = None,
+    size: float | None = None,
+    rng: np.random.Generator | None = None,
+    image_size: int = IMAGE_SIZE,
+) -> Image.Image:
+    """Render one shape. Colour/shape/background are the Chinese names (e.g. "红色", "圆形", "白色").
+
+    ``center`` (x, y) and ``size`` (side of the bounding square) are in pixels of the final image.
+    Any of background/center/size left as None is drawn from ``rng`` as ``random_scene`` does.
+    """
+    if colour not in COLOUR_BY_NAME:
+        raise ValueError(f"unknown colour {colour!r}; known: {sorted(COLOUR_BY_NAME)}")
+    if shape not in SHAPE_BY_NAME:
+        raise ValueError(f"unknown shape {shape!r}; known: {sorted(SHAPE_BY_NAME)}")
+    if background is not None and background not in BACKGROUND_BY_NAME:
+        raise ValueError(f"unknown background {background!r}; known: {sorted(BACKGROUND_BY_NAME)}")
+    if background is None or center is None or size is None:
+        if rng is None:
+            raise ValueError("background, center and size are required unless an rng is given")
+        drawn = random_scene(rng, colour, shape, background, image_size)
+        background = drawn.background
+        center = drawn.center if center is None else center
+        size = drawn.size if size is None else size
+    return render_scene(Scene(colour, shape, background, center, size), image_size)
+
+
+def render_scene(scene: Scene, image_size: int = IMAGE_SIZE) -> Image.Image:
+    big = image_size * SUPERSAMPLE
+    image = Image.new("RGB", (big, big), BACKGROUND_BY_NAME[scene.background].rgb)
+    draw = ImageDraw.Draw(image)
+    fill: RGB = COLOUR_BY_NAME[scene.colour].rgb
+    cx, cy = (v * SUPERSAMPLE for v in scene.center)
+    half = scene.size * SUPERSAMPLE / 2
+    if scene.shape == "圆形":
+        draw.ellipse([cx - half, cy - half, cx + half, cy + half], fill=fill)
+    else:
+        draw.polygon(_shape_polygon(scene.shape, cx, cy, half), fill=fill)
+    return image.resize((image_size, image_size), Image.Resampling.BOX)
+
+
+def png_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_base64_image(text: str) -> Image.Image:
+    """Decode a base64 (standard or URL-safe) PNG/JPEG into an RGB image."""
+    raw = base64.b64decode(text.replace("-", "+").replace("_", "/"))
+    with Image.open(io.BytesIO(raw)) as image:
+        return image.convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------
+# Captions
+
+
+def attribute_caption(template: str, colour: str, shape: str, background: str) -> str:
+    return template.format(colour=colour, shape=shape, short=SHAPE_BY_NAME[shape].short, background=background)
+
+
+def entity_caption(template: str, entity: str, background: str) -> str:
+    return template.format(entity=entity, background=background)
+
+
+def _pick(rng: np.random.Generator, items: Sequence):
+    return items[int(rng.integers(len(items)))]
+
+
+def sample_examples(rng: np.random.Generator, n: int, entities: Sequence[Entity]) -> list[Example]:
+    """``n`` caption/scene pairs: a share name an entity from ``entities``, the rest name attributes."""
+    examples = []
+    for _ in range(n):
+        if entities and rng.random() < ENTITY_CAPTION_FRACTION:
+            entity = _pick(rng, entities)
+            scene = random_scene(rng, entity.colour, entity.shape)
+            text = entity_caption(_pick(rng, ENTITY_TEMPLATES), entity.name, scene.background)
+            examples.append(Example(text, scene, entity.name))
+        else:
+            colour = _pick(rng, COLOURS).name
+            shape = _pick(rng, SHAPES).name
+            scene = random_scene(rng, colour, shape)
+            text = attribute_caption(_pick(rng, ATTRIBUTE_TEMPLATES), colour, shape, scene.background)
+            examples.append(Example(text, scene, None))
+    return examples
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    kind: str  # one of EVAL_KINDS
+    prompt: str
+    colour: str
+    shape: str
+
+
+def eval_prompts() -> list[EvalPrompt]:
+    """Every colour×shape pair, every seen entity, every held-out entity, one prompt each."""
+    prompts = [
+        EvalPrompt("attribute", EVAL_ATTRIBUTE_TEMPLATE.format(colour=c.name, shape=s.name), c.name, s.name)
+        for c in COLOURS
+        for s in SHAPES
+    ]
+    for kind, entities in (("seen_entity", seen_entities()), ("heldout_entity", held_out_entities())):
+        prompts.extend(
+            EvalPrompt(kind, EVAL_ENTITY_TEMPLATE.format(entity=e.name), e.colour, e.shape) for e in entities
+        )
+    return prompts
+
+
+def sample_test_prompts(rng: np.random.Generator, n: int) -> list[EvalPrompt]:
+    """``n`` prompts cycling through the three kinds, each drawn from that kind's templates."""
+    by_kind = {
+        "seen_entity": seen_entities(),
+        "heldout_entity": held_out_entities(),
+    }
+    prompts = []
+    for i in range(n):
+        kind = EVAL_KINDS[i % len(EVAL_KINDS)]
+        background = _pick(rng, BACKGROUNDS).name
+        if kind == "attribute":
+            colour = _pick(rng, COLOURS).name
+            shape = _pick(rng, SHAPES).name
+            text = attribute_caption(_pick(rng, ATTRIBUTE_TEMPLATES), colour, shape, background)
+        else:
+            entity = _pick(rng, by_kind[kind])
+            colour, shape = entity.colour, entity.shape
+            text = entity_caption(_pick(rng, ENTITY_TEMPLATES), entity.name, background)
+        prompts.append(EvalPrompt(kind, text, colour, shape))
+    return prompts
+
+
+def check_vocabulary() -> None:
+    """Raise if a held-out entity could leak into a caption by substring, or the tables are inconsistent."""
+    names = [e.name for e in ENTITIES]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate entity names")
+    for a in names:
+        for b in names:
+            if a != b and a in b:
+                raise ValueError(f"entity name {a!r} is contained in {b!r}")
+    fixed_words = [c.name for c in COLOURS + BACKGROUNDS] + [s.name for s in SHAPES] + [s.short for s in SHAPES]
+    fixed_text = "|".join(list(ATTRIBUTE_TEMPLATES) + list(ENTITY_TEMPLATES) + fixed_words)
+    for name in names:
+        if name in fixed_text:
+            raise ValueError(f"entity name {name!r} occurs in the fixed caption vocabulary")
+    seen_pairs = {(e.colour, e.shape) for e in seen_entities()}
+    for e in ENTITIES:
+        if e.colour not in COLOUR_BY_NAME or e.shape not in SHAPE_BY_NAME:
+            raise ValueError(f"entity {e.name!r} has an attribute outside the world's vocabularies")
+        if e.held_out and (e.colour, e.shape) not in seen_pairs:
+            raise ValueError(f"held-out entity {e.name!r} has a (colour, shape) pair no seen entity has")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _tsv(rows: Iterable[Sequence[str]]) -> str:
+    return "".join("\t".join(row) + "\n" for row in rows)
+
+
+def _id_file(names: Sequence[str]) -> str:
+    return f"{len(names)}\n" + _tsv((name, str(i)) for i, name in enumerate(names))
+
+
+@dataclass(frozen=True)
+class WorldFiles:
+    out_dir: Path
+    n_train: int
+    n_valid: int
+    n_test_prompts: int
+    n_entities: int
+    n_held_out: int
+    n_graph_nodes: int
+    n_triples: int
+
+    def path(self, name: str) -> Path:
+        return self.out_dir / name
+
+
+def build_world(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    n_train: int = DEFAULT_N_TRAIN,
+    n_valid: int = DEFAULT_N_VALID,
+    n_test_prompts: int = DEFAULT_N_TEST_PROMPTS,
+) -> WorldFiles:
+    """Write the world's tables and knowledge graph into ``out_dir`` (see the module docstring)."""
+    check_vocabulary()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seen = seen_entities()
+
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        rng = np.random.default_rng([seed, _SPLIT_STREAMS[split]])
+        rows = [
+            (str(i), ex.text, png_base64(render_scene(ex.scene)))
+            for i, ex in enumerate(sample_examples(rng, n, seen))
+        ]
+        _write_atomic(out / f"{split}.tsv", _tsv(rows))
+
+    rng = np.random.default_rng([seed, _SPLIT_STREAMS["test"]])
+    _write_atomic(out / "test.tsv", _tsv((str(i), p.prompt) for i, p in enumerate(sample_test_prompts(rng, n_test_prompts))))
+    _write_atomic(
+        out / "eval_prompts.tsv",
+        _tsv([("kind", "prompt", "colour", "shape")] + [(p.kind, p.prompt, p.colour, p.shape) for p in eval_prompts()]),
+    )
+
+    triples = build_triples()
+    nodes = graph_nodes(triples)
+    relations = graph_relations(triples)
+    _write_atomic(out / "triples.tsv", _tsv(triples))
+    _write_atomic(out / "entity2id.txt", _id_file(nodes))
+    _write_atomic(out / "relation2id.txt", _id_file(relations))
+
+    files = WorldFiles(
+        out_dir=out,
+        n_train=n_train,
+        n_valid=n_valid,
+        n_test_prompts=n_test_prompts,
+        n_entities=len(ENTITIES),
+        n_held_out=len(held_out_entities()),
+        n_graph_nodes=len(nodes),
+        n_triples=len(triples),
+    )
+    manifest = {
+        "seed": seed,
+        "image_size": IMAGE_SIZE,
+        "colours": [asdict(c) for c in COLOURS],
+        "backgrounds": [asdict(b) for b in BACKGROUNDS],
+        "shapes": [asdict(s) for s in SHAPES],
+        "entities": [asdict(e) for e in ENTITIES],
+        "counts": {k: v for k, v in asdict(files).items() if k != "out_dir"},
+    }
+    _write_atomic(out / "entities.json", json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
+    return files
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n_train", type=int, default=DEFAULT_N_TRAIN)
+    parser.add_argument("--n_valid", type=int, default=DEFAULT_N_VALID)
+    parser.add_argument("--n_test_prompts", type=int, default=DEFAULT_N_TEST_PROMPTS)
+    args = parser.parse_args(argv)
+    for flag in ("n_train", "n_valid", "n_test_prompts"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag} must be >= 0")
+    files = build_world(args.out, args.seed, args.n_train, args.n_valid, args.n_test_prompts)
+    print(
+        f"wrote {files.out_dir}: {files.n_train} train, {files.n_valid} valid, {files.n_test_prompts} test prompts; "
+        f"{files.n_entities} entities ({files.n_held_out} held out), {files.n_graph_nodes} graph nodes, "
+        f"{files.n_triples} triples"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
