@@ -1,0 +1,418 @@
+"""Stage 1 of ARTIST: the VQGAN image tokenizer (taming-transformers f16 design on diffusers' VQModel).
+
+An image (B, 3, H, W) in [-1, 1] is encoded to a grid of ``embed_dim`` vectors, each replaced by its
+nearest codebook entry; the image becomes ``(H / f) * (W / f)`` discrete tokens in row-major grid
+order (the order of taming's ``flatten`` over (h, w)). The decoder maps a token grid back to an image.
+
+The network is diffusers' ``VQModel`` configured to match taming's layout exactly, so taming / EasyNLP
+weights load after a key rename (:func:`convert_taming_state_dict`) and can be written back in the
+original layout (:func:`convert_to_taming_state_dict`). Quantisation is done here, not by diffusers,
+so that the codebook loss uses ``VQGANConfig.beta`` with taming's convention (see :meth:`VQGAN.quantize`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import VQModel
+
+TAMING_PREFIX = "first_stage_model."
+
+
+@dataclass
+class VQGANConfig:
+    """Hyper-parameters in taming's names; the defaults are the released ARTIST / taming f16 model."""
+
+    resolution: int = 256
+    in_channels: int = 3
+    out_channels: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    z_channels: int = 256
+    embed_dim: int = 256
+    n_embed: int = 16384
+    beta: float = 0.25
+    norm_groups: int = 32
+
+    def __post_init__(self) -> None:
+        self.ch_mult = tuple(self.ch_mult)
+        self.attn_resolutions = tuple(self.attn_resolutions)
+        positive = ("resolution", "in_channels", "out_channels", "ch", "num_res_blocks", "z_channels",
+                    "embed_dim", "n_embed", "norm_groups")
+        bad = [f"{name}={getattr(self, name)!r}" for name in positive
+               if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0]
+        if bad:
+            raise ValueError(f"VQGANConfig fields must be positive integers: {', '.join(bad)}")
+        if not self.ch_mult or any(not isinstance(m, int) or m <= 0 for m in self.ch_mult):
+            raise ValueError(f"VQGANConfig.ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult}")
+        if self.beta < 0:
+            raise ValueError(f"VQGANConfig.beta must be >= 0, got {self.beta}")
+        if self.resolution % self.downsample_factor:
+            raise ValueError(
+                f"VQGANConfig.resolution={self.resolution} is not divisible by the downsample factor "
+                f"{self.downsample_factor} (2 ** (len(ch_mult) - 1), ch_mult={self.ch_mult})"
+            )
+        indivisible = sorted({c for c in self.block_out_channels if c % self.norm_groups})
+        if indivisible:
+            raise ValueError(
+                f"VQGANConfig.norm_groups={self.norm_groups} must divide every ch * ch_mult channel count; "
+                f"it does not divide {indivisible}"
+            )
+        missing = [r for r in self.attn_resolutions if r not in self.level_resolutions]
+        if missing:
+            raise ValueError(
+                f"VQGANConfig.attn_resolutions {missing} are not level resolutions {self.level_resolutions} "
+                f"(resolution={self.resolution}, ch_mult={self.ch_mult})"
+            )
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.ch_mult)
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (self.num_levels - 1)
+
+    @property
+    def grid_size(self) -> int:
+        return self.resolution // self.downsample_factor
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def block_out_channels(self) -> tuple[int, ...]:
+        return tuple(self.ch * m for m in self.ch_mult)
+
+    @property
+    def level_resolutions(self) -> tuple[int, ...]:
+        """Feature-map side length at each encoder level (level 0 = full resolution)."""
+        return tuple(self.resolution // 2**i for i in range(self.num_levels))
+
+    def level_has_attention(self, level: int) -> bool:
+        return self.level_resolutions[level] in self.attn_resolutions
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VQGANConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown VQGANConfig keys: {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+
+def _diffusers_kwargs(config: VQGANConfig) -> dict[str, Any]:
+    levels = range(config.num_levels)
+    down = tuple("AttnDownEncoderBlock2D" if config.level_has_attention(i) else "DownEncoderBlock2D"
+                 for i in levels)
+    # diffusers' decoder up_blocks run from the lowest resolution (last level) to the highest.
+    up = tuple("AttnUpDecoderBlock2D" if config.level_has_attention(i) else "UpDecoderBlock2D"
+               for i in reversed(levels))
+    return dict(
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=config.block_out_channels,
+        layers_per_block=config.num_res_blocks,
+        act_fn="silu",
+        latent_channels=config.z_channels,
+        sample_size=config.resolution,
+        num_vq_embeddings=config.n_embed,
+        norm_num_groups=config.norm_groups,
+        vq_embed_dim=config.embed_dim,
+        norm_type="group",
+        mid_block_add_attention=True,
+    )
+
+
+def build_vq_model(config: VQGANConfig) -> VQModel:
+    """The diffusers ``VQModel`` with taming's architecture for ``config``."""
+    model = VQModel(**_diffusers_kwargs(config))
+    model.quantize.beta = config.beta
+    return model
+
+
+class VQGAN(nn.Module):
+    """Image tokenizer: images (B, C, H, W) in [-1, 1] <-> codes (B, h * w) long, row-major grid.
+
+    ``self.vq_model`` is the diffusers ``VQModel``; this module's state-dict keys are therefore
+    ``vq_model.`` + diffusers keys. Use :meth:`load_taming_state_dict` / :meth:`to_taming_state_dict`
+    for the taming / EasyNLP layout.
+    """
+
+    def __init__(self, config: VQGANConfig | None = None):
+        super().__init__()
+        self.config = config if config is not None else VQGANConfig()
+        self.vq_model = build_vq_model(self.config)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return self.vq_model.quantize.embedding.weight  # (n_embed, embed_dim)
+
+    # ---- validation -------------------------------------------------------------------------------
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if not torch.is_tensor(images) or images.dim() != 4 or not images.is_floating_point():
+            raise ValueError(f"images must be a float tensor (B, C, H, W), got {_describe(images)}")
+        _, c, h, w = images.shape
+        f = self.config.downsample_factor
+        if c != self.config.in_channels:
+            raise ValueError(f"images have {c} channels, config.in_channels is {self.config.in_channels}")
+        if h % f or w % f or h == 0 or w == 0:
+            raise ValueError(f"image height and width must be positive multiples of {f}, got {h}x{w}")
+
+    def check_codes(self, codes: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``codes`` is an integer tensor with values in [0, n_embed)."""
+        if not torch.is_tensor(codes) or codes.is_floating_point() or codes.is_complex() \
+                or codes.dtype == torch.bool:
+            raise ValueError(f"codes must be an integer tensor, got {_describe(codes)}")
+        if codes.numel() == 0:
+            return
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= self.config.n_embed:
+            raise ValueError(
+                f"codes must lie in [0, n_embed={self.config.n_embed}), got values in [{lo}, {hi}]"
+            )
+
+    # ---- the pieces -------------------------------------------------------------------------------
+
+    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> pre-quantisation latents (B, embed_dim, H / f, W / f)."""
+        self._check_images(images)
+        return self.vq_model.encode(images).latents
+
+    def quantize(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Nearest-codebook quantisation with the straight-through estimator.
+
+        latents (B, D, h, w) -> (quantized (B, D, h, w), codebook_loss (), codes (B, h * w)).
+        The loss follows taming's (legacy) convention:
+        ``mean((sg[z_q] - z)^2) + beta * mean((z_q - sg[z])^2)``, i.e. ``beta`` weights the codebook
+        term and the commitment term has weight 1; in value it equals ``(1 + beta) * mse(z_q, z)``.
+        """
+        b, d, h, w = latents.shape
+        flat = latents.permute(0, 2, 3, 1).reshape(-1, d)  # (B*h*w, D)
+        codebook = self.codebook
+        with torch.no_grad():
+            distances = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.t()
+                         + codebook.pow(2).sum(1)[None, :])  # (B*h*w, n_embed)
+            codes = distances.argmin(dim=1)
+        quantized = F.embedding(codes, codebook)  # (B*h*w, D)
+        loss = F.mse_loss(quantized.detach(), flat) + self.config.beta * F.mse_loss(quantized, flat.detach())
+        quantized = flat + (quantized - flat).detach()
+        quantized = quantized.view(b, h, w, d).permute(0, 3, 1, 2).contiguous()
+        return quantized, loss, codes.view(b, h * w)
+
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, num_tokens) or (B, h, w) -> codebook vectors (B, embed_dim, h, w)."""
+        self.check_codes(codes)
+        if codes.dim() == 2 and codes.shape[1] == self.config.num_tokens:
+            codes = codes.view(codes.shape[0], self.config.grid_size, self.config.grid_size)
+        elif codes.dim() != 3:
+            raise ValueError(
+                f"codes must be (B, num_tokens={self.config.num_tokens}) or a grid (B, h, w), "
+                f"got shape {tuple(codes.shape)}"
+            )
+        return F.embedding(codes.long(), self.codebook).permute(0, 3, 1, 2).contiguous()
+
+    def decode_latents(self, quantized: torch.Tensor) -> torch.Tensor:
+        """Quantised latents (B, embed_dim, h, w) -> images (B, out_channels, h * f, w * f), unclamped."""
+        hidden = self.vq_model.post_quant_conv(quantized)
+        return self.vq_model.decoder(hidden)
+
+    # ---- public API -------------------------------------------------------------------------------
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> codes (B, (H / f) * (W / f)) long, row-major grid order."""
+        _, _, codes = self.quantize(self.encode_latents(images))
+        return codes
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, num_tokens) or (B, h, w) -> images (B, out_channels, H, W), nominally in [-1, 1].
+
+        No clamping is applied; see :meth:`decode_to_uint8` for displayable pixels.
+        """
+        return self.decode_latents(self.embed_codes(codes))
+
+    @torch.no_grad()
+    def decode_to_uint8(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes -> (B, H, W, C) uint8 pixels, via :func:`images_to_uint8`."""
+        return images_to_uint8(self.decode(codes))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass: images -> (reconstruction (B, C, H, W), codebook_loss (), codes (B, h * w))."""
+        quantized, codebook_loss, codes = self.quantize(self.encode_latents(images))
+        return self.decode_latents(quantized), codebook_loss, codes
+
+    def codebook_usage(self, codes: torch.Tensor) -> float:
+        """Fraction of the ``n_embed`` codebook entries that occur in ``codes``."""
+        self.check_codes(codes)
+        return torch.unique(codes).numel() / self.config.n_embed
+
+    # ---- taming / EasyNLP weights -----------------------------------------------------------------
+
+    def load_taming_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load taming-named weights (with or without the ``first_stage_model.`` prefix), strictly."""
+        self.vq_model.load_state_dict(convert_taming_state_dict(state_dict, self.config), strict=True)
+
+    def to_taming_state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """This model's weights in taming's layout, keys prefixed with ``prefix``
+        (e.g. :data:`TAMING_PREFIX` for an EasyNLP ``pytorch_model.bin``)."""
+        converted = convert_to_taming_state_dict(self.vq_model.state_dict(), self.config)
+        return {prefix + k: v for k, v in converted.items()}
+
+
+def images_to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images (B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C); values outside are clamped."""
+    pixels = ((images.detach().clamp(-1, 1) + 1) * 127.5).round()
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _describe(x: Any) -> str:
+    if torch.is_tensor(x):
+        return f"{x.dtype} tensor of shape {tuple(x.shape)}"
+    return type(x).__name__
+
+
+# ---- taming <-> diffusers key mapping ---------------------------------------------------------------
+
+_ATTN_NAMES = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+_ATTN_LINEARS = ("q", "k", "v", "proj_out")
+
+
+def _resnet_part(rest: str) -> str:
+    return "nin_shortcut" + rest[len("conv_shortcut"):] if rest.startswith("conv_shortcut.") else rest
+
+
+def _attention_part(rest: str) -> str:
+    for diffusers_name, taming_name in _ATTN_NAMES.items():
+        if rest.startswith(diffusers_name + "."):
+            return taming_name + rest[len(diffusers_name):]
+    raise RuntimeError(f"unmapped diffusers attention parameter {rest!r}")
+
+
+def _taming_name(key: str, num_levels: int) -> str:
+    """diffusers VQModel key -> taming key."""
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key):
+        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{_resnet_part(m[3])}"
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)", key):
+        return f"{m[1]}.mid.attn_1.{_attention_part(m[2])}"
+    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.+)", key):
+        return "encoder.down." + _level_part(m[1], m[2], m[3], m[4], "downsample")
+    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)\.(.+)", key):
+        level = num_levels - 1 - int(m[1])  # taming counts decoder levels from the lowest resolution
+        return "decoder.up." + _level_part(str(level), m[2], m[3], m[4], "upsample")
+    if m := re.fullmatch(r"(encoder|decoder)\.conv_norm_out\.(.+)", key):
+        return f"{m[1]}.norm_out.{m[2]}"
+    return key  # conv_in, conv_out, quant_conv, post_quant_conv, quantize.embedding.weight
+
+
+def _level_part(level: str, kind: str, index: str, rest: str, sampler: str) -> str:
+    if kind == "resnets":
+        return f"{level}.block.{index}.{_resnet_part(rest)}"
+    if kind == "attentions":
+        return f"{level}.attn.{index}.{_attention_part(rest)}"
+    return f"{level}.{sampler}.{rest}"  # the single down/upsampler's conv
+
+
+@dataclass(frozen=True)
+class _Entry:
+    diffusers_key: str
+    taming_key: str
+    diffusers_shape: tuple[int, ...]
+    squeeze: bool  # taming stores a 1x1 conv [C, C, 1, 1]; diffusers a linear [C, C]
+
+    @property
+    def taming_shape(self) -> tuple[int, ...]:
+        return (*self.diffusers_shape, 1, 1) if self.squeeze else self.diffusers_shape
+
+
+def _key_map(config: VQGANConfig) -> list[_Entry]:
+    with torch.device("meta"):
+        reference = build_vq_model(config)
+    entries = []
+    for key, tensor in reference.state_dict().items():
+        taming_key = _taming_name(key, config.num_levels)
+        squeeze = bool(re.search(r"\.(attn\.\d+|attn_1)\.(q|k|v|proj_out)\.weight$", taming_key))
+        entries.append(_Entry(key, taming_key, tuple(tensor.shape), squeeze))
+    return entries
+
+
+def _list(keys: Iterable[str], limit: int = 12) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _check_keys(kind: str, given: Iterable[str], expected: Iterable[str]) -> None:
+    given, expected = set(given), set(expected)
+    missing, unexpected = expected - given, given - expected
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} key(s): {_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} key(s): {_list(unexpected)}")
+    if problems:
+        raise ValueError(f"{kind} state dict does not match the VQGAN config: " + "; ".join(problems))
+
+
+def _check_shapes(kind: str, mismatched: list[str]) -> None:
+    if mismatched:
+        raise ValueError(f"{kind} state dict has {len(mismatched)} shape mismatch(es): {_list(mismatched)}")
+
+
+def convert_taming_state_dict(
+    state_dict: Mapping[str, torch.Tensor], config: VQGANConfig | None = None
+) -> dict[str, torch.Tensor]:
+    """Taming / EasyNLP VQGAN weights -> diffusers ``VQModel`` keys for ``config``.
+
+    A leading ``first_stage_model.`` is removed from keys that have it. Every key must be accounted
+    for: missing keys, unexpected keys (e.g. ``transformer.*`` or taming's ``loss.*``; filter those
+    out first) and shape mismatches raise ``ValueError`` listing them.
+    """
+    config = config if config is not None else VQGANConfig()
+    stripped = {k[len(TAMING_PREFIX):] if k.startswith(TAMING_PREFIX) else k: v for k, v in state_dict.items()}
+    if len(stripped) != len(state_dict):
+        raise ValueError("taming state dict has keys both with and without the 'first_stage_model.' prefix")
+    entries = _key_map(config)
+    _check_keys("taming", stripped, (e.taming_key for e in entries))
+    _check_shapes("taming", [
+        f"{e.taming_key}: got {tuple(stripped[e.taming_key].shape)}, expected {e.taming_shape}"
+        for e in entries if tuple(stripped[e.taming_key].shape) != e.taming_shape
+    ])
+    return {
+        e.diffusers_key: stripped[e.taming_key].reshape(e.diffusers_shape) if e.squeeze else stripped[e.taming_key]
+        for e in entries
+    }
+
+
+def convert_to_taming_state_dict(
+    state_dict: Mapping[str, torch.Tensor], config: VQGANConfig | None = None
+) -> dict[str, torch.Tensor]:
+    """diffusers ``VQModel`` weights -> taming keys (no prefix); the inverse of
+    :func:`convert_taming_state_dict`, with the same key and shape checks."""
+    config = config if config is not None else VQGANConfig()
+    entries = _key_map(config)
+    _check_keys("diffusers", state_dict, (e.diffusers_key for e in entries))
+    _check_shapes("diffusers", [
+        f"{e.diffusers_key}: got {tuple(state_dict[e.diffusers_key].shape)}, expected {e.diffusers_shape}"
+        for e in entries if tuple(state_dict[e.diffusers_key].shape) != e.diffusers_shape
+    ])
+    return {
+        e.taming_key: state_dict[e.diffusers_key].reshape(e.taming_shape) if e.squeeze
+        else state_dict[e.diffusers_key]
+        for e in entries
+    }
