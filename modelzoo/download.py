@@ -1,0 +1,233 @@
+"""Resumable, verified downloads into a partial file.
+
+:func:`fetch` streams an object into ``<partial>`` (appending, so an interrupted download resumes with a
+ranged request), hashes as it writes, retries transient errors a bounded number of times with
+exponential backoff, and checks size and sha256 at the end. A sidecar ``<partial>.json`` remembers
+which URI and object version (ETag/Last-Modified) the partial bytes belong to, so a resume never
+splices two versions of an object together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ChecksumError, ModelZooError, StorageError
+from .storage import RangeStream, open_range, redact
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1024 * 1024
+HASH_BLOCK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """``attempts`` tries in all; the wait before try k+1 is ``backoff_s * 2**(k-1)`` (±25 %), capped."""
+
+    attempts: int = 5
+    backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        def number(var: str, default: float, kind: type) -> float:
+            value = os.environ.get(var, "")
+            if not value:
+                return default
+            try:
+                parsed = kind(value)
+            except ValueError as e:
+                raise ModelZooError(f"{var}={value!r} is not a valid {kind.__name__}") from e
+            if parsed < 0 or (var.endswith("RETRIES") and parsed < 1):
+                raise ModelZooError(f"{var}={value!r} is out of range")
+            return parsed
+
+        return cls(attempts=int(number("EASYNLP_MODELZOO_RETRIES", cls.attempts, int)),
+                   backoff_s=number("EASYNLP_MODELZOO_BACKOFF", cls.backoff_s, float))
+
+    def wait(self, attempt: int) -> float:
+        base = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        return base * random.uniform(0.75, 1.25)
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    path: Path
+    size: int
+    sha256: str
+    resumed_from: int  # bytes already present when the first successful request started
+
+
+def sha256_file(path: Path, upto: int | None = None) -> hashlib._Hash:
+    """sha256 state of ``path`` (its first ``upto`` bytes when given)."""
+    h = hashlib.sha256()
+    remaining = upto
+    with open(path, "rb") as f:
+        while remaining is None or remaining > 0:
+            block = f.read(HASH_BLOCK if remaining is None else min(HASH_BLOCK, remaining))
+            if not block:
+                break
+            h.update(block)
+            if remaining is not None:
+                remaining -= len(block)
+    return h
+
+
+def _progress_bar(total: int | None, initial: int, label: str):  # noqa: ANN202 - tqdm or None
+    setting = os.environ.get("EASYNLP_MODELZOO_PROGRESS", "auto").lower()
+    if setting in ("0", "false", "no", "off"):
+        return None
+    if setting == "auto" and not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=label, file=sys.stderr, leave=False)
+
+
+def _sidecar(partial: Path) -> Path:
+    return partial.with_name(partial.name + ".json")
+
+
+def _discard(partial: Path) -> None:
+    partial.unlink(missing_ok=True)
+    _sidecar(partial).unlink(missing_ok=True)
+
+
+def _resume_state(partial: Path, uri: str) -> tuple[int, str | None]:
+    """Bytes already in ``partial`` for ``uri`` and the object version they came from."""
+    side = _sidecar(partial)
+    try:
+        state = json.loads(side.read_text(encoding="utf-8"))
+        size = partial.stat().st_size
+    except (OSError, ValueError):
+        _discard(partial)
+        return 0, None
+    if state.get("uri_sha256") != hashlib.sha256(uri.encode()).hexdigest():
+        _discard(partial)
+        return 0, None
+    return size, state.get("validator")
+
+
+def _write_state(partial: Path, uri: str, validator: str | None) -> None:
+    side = _sidecar(partial)
+    tmp = side.with_name(side.name + ".tmp")
+    tmp.write_text(json.dumps({"uri_sha256": hashlib.sha256(uri.encode()).hexdigest(),
+                               "validator": validator}), encoding="utf-8")
+    os.replace(tmp, side)
+
+
+def fetch(uri: str, partial: Path, *, expected_size: int | None = None, expected_sha256: str | None = None,
+          policy: RetryPolicy | None = None, label: str | None = None) -> FetchResult:
+    """Download ``uri`` into ``partial`` and verify it. The caller moves ``partial`` into place.
+
+    On a checksum or size mismatch the partial file is deleted and :class:`ChecksumError` raised.
+    On a permanent error (404, 403, ...) or after ``policy.attempts`` transient failures a
+    :class:`ModelZooError` names the URI and the last reason; the partial bytes stay for a resume.
+    """
+    policy = policy or RetryPolicy.from_env()
+    label = label or redact(uri)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    offset, validator = _resume_state(partial, uri)
+    if expected_size is not None and offset > expected_size:
+        _discard(partial)
+        offset, validator = 0, None
+    hasher, hashed = None, -1
+    resumed_from: int | None = None
+    last_error: StorageError | None = None
+    total: int | None = expected_size
+    done = expected_size is not None and offset == expected_size and offset > 0
+    attempt = 0
+    while not done:
+        attempt += 1
+        if attempt > policy.attempts:
+            raise ModelZooError(f"{label}: download failed after {policy.attempts} attempts; "
+                                f"last error: {last_error}") from last_error
+        if attempt > 1:
+            delay = policy.wait(attempt - 1)
+            log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", label, last_error, delay,
+                        attempt, policy.attempts)
+            time.sleep(delay)
+        try:
+            stream = open_range(uri, offset, validator)
+        except StorageError as e:
+            if not e.transient:
+                raise ModelZooError(f"{label}: {e}") from e
+            last_error = e
+            continue
+        with stream:
+            if stream.total is not None:
+                total = stream.total
+                if expected_size is not None and stream.total != expected_size:
+                    _discard(partial)
+                    raise ChecksumError(f"{label}: the object has {stream.total} bytes, the index says "
+                                        f"{expected_size}; nothing installed")
+            if stream.start != offset:  # range ignored, or the object changed: start over
+                log.info("%s: cannot resume at byte %d, downloading from the start", label, offset)
+                offset, hasher = stream.start, None
+            _write_state(partial, uri, stream.validator)
+            validator = stream.validator
+            if hasher is None or hashed != offset:
+                hasher = sha256_file(partial, offset) if offset > 0 else hashlib.sha256()
+            if resumed_from is None:
+                resumed_from = offset
+            try:
+                offset = _copy(stream, partial, offset, hasher, total, label)
+            except StorageError as e:
+                offset = partial.stat().st_size
+                hashed = offset
+                if not e.transient:
+                    raise ModelZooError(f"{label}: {e}") from e
+                last_error = e
+                continue
+            hashed = offset
+        if total is not None and offset < total:
+            last_error = StorageError(f"{label}: connection closed after {offset} of {total} bytes",
+                                      transient=True)
+            continue
+        done = True
+    if hasher is None or hashed != offset:
+        hasher = sha256_file(partial)
+    digest = hasher.hexdigest()
+    if expected_size is not None and offset != expected_size:
+        _discard(partial)
+        raise ChecksumError(f"{label}: got {offset} bytes, the index says {expected_size}; nothing installed")
+    if expected_sha256 is not None and digest != expected_sha256:
+        _discard(partial)
+        raise ChecksumError(f"{label}: sha256 mismatch: expected {expected_sha256}, got {digest}; "
+                            "the download was discarded and nothing installed")
+    _sidecar(partial).unlink(missing_ok=True)
+    return FetchResult(partial, offset, digest, resumed_from or 0)
+
+
+def _copy(stream: RangeStream, partial: Path, offset: int, hasher: hashlib._Hash, total: int | None,
+          label: str) -> int:
+    """Append ``stream`` to ``partial`` (truncated to ``offset``); returns the new size."""
+    bar = _progress_bar(total, offset, label)
+    with open(partial, "r+b" if partial.exists() else "wb") as f:
+        f.truncate(offset)
+        f.seek(offset)
+        try:
+            while True:
+                chunk = stream.read(CHUNK_SIZE)
+                if not chunk:
+                    break
+                f.write(chunk)
+                hasher.update(chunk)
+                offset += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            f.flush()
+            os.fsync(f.fileno())
+            if bar is not None:
+                bar.close()
+    return offset
