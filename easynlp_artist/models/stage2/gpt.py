@@ -298,41 +298,40 @@ class ArtistGPT(nn.Module):
         return self.head(h[:, -1])
 
 
+def original_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Key names and shapes of the original minGPT checkpoint (without the ``transformer.`` prefix)."""
+    C, bs = config.n_embd, config.block_size
+    out: dict[str, tuple[int, ...]] = {}
+    for key, shape in ArtistGPT.expected_shapes(config).items():
+        if ".attn.qkv." in key:
+            head, kind = key.split(".attn.qkv.")
+            for name in ("query", "key", "value"):
+                out[f"{head}.attn.{name}.{kind}"] = (C, *shape[1:])
+        else:
+            out[key] = shape
+    for i in range(config.n_layer):
+        out[f"blocks.{i}{_ORIGINAL_BUFFER_SUFFIX}"] = (1, 1, bs, bs)
+    return out
+
+
 def convert_original(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
     """minGPT/EasyNLP ``transformer.*`` keys (prefix optional) → ``ArtistGPT`` state dict.
 
-    Query, key and value are stacked into ``qkv``; ``ent_emb`` keeps its name; the per-block
-    ``attn.mask`` buffers are checked for shape and dropped. Every other key must be used: missing
-    or unexpected keys raise ``ValueError`` listing them.
+    Every key must fit, checked in the original names: missing, unexpected or mis-shaped tensors
+    raise ``ValueError`` listing them. Query, key and value are then stacked into ``qkv``; the
+    per-block ``attn.mask`` buffers (a causal mask) carry no weights and are dropped.
     """
     prefix = "transformer."
     sd = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
-    out: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    problems: list[str] = []
-    for key in list(sd):
-        if key.endswith(_ORIGINAL_BUFFER_SUFFIX):
-            used.add(key)
-            bs = config.block_size
-            if tuple(sd[key].shape[-2:]) != (bs, bs):
-                problems.append(f"{key}: mask of shape {tuple(sd[key].shape)} does not fit block_size={bs}")
-    for i in range(config.n_layer):
-        for kind in ("weight", "bias"):
-            parts = [f"blocks.{i}.attn.{n}.{kind}" for n in ("query", "key", "value")]
-            if all(p in sd for p in parts):
-                out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([sd[p] for p in parts], dim=0)
-                used.update(parts)
-    for key, value in sd.items():
-        if key not in used:
-            out[key] = value
-    expected = ArtistGPT.expected_shapes(config)
-    missing = sorted(set(expected) - set(out))
-    unexpected = sorted(set(out) - set(expected))
+    expected = original_shapes(config)
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
     wrong = sorted(
-        f"{k}: checkpoint {tuple(out[k].shape)} vs model {expected[k]}"
-        for k in set(out) & set(expected)
-        if tuple(out[k].shape) != expected[k]
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {expected[k]}"
+        for k in set(sd) & set(expected)
+        if tuple(sd[k].shape) != expected[k]
     )
+    problems = []
     if missing:
         problems.append("missing keys: " + ", ".join(missing))
     if unexpected:
@@ -341,6 +340,16 @@ def convert_original(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[str
         problems.append("wrong shapes: " + "; ".join(wrong))
     if problems:
         raise ValueError("checkpoint does not fit the GPT config:\n  " + "\n  ".join(problems))
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if key.endswith(_ORIGINAL_BUFFER_SUFFIX):
+            continue
+        head, sep, rest = key.partition(".attn.query.")
+        if sep:
+            parts = [sd[f"{head}.attn.{n}.{rest}"] for n in ("query", "key", "value")]
+            out[f"{head}.attn.qkv.{rest}"] = torch.cat(parts, dim=0)
+        elif ".attn.key." not in key and ".attn.value." not in key:
+            out[key] = value
     return out
 
 

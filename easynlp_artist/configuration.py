@@ -1,0 +1,147 @@
+"""ARTIST's configuration: the two stages' configs, kept consistent, and the original config.json.
+
+Sizes the two stages share are derived, never typed twice: the GPT's image vocabulary is the
+VQGAN codebook, its image length is the VQGAN token grid, its block size is text + image tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+
+from easynlp_artist.models.stage1.vqgan import VQGANConfig
+from easynlp_artist.models.stage2.gpt import GPTConfig
+
+logger = logging.getLogger(__name__)
+
+MODEL_TYPE = "artist"
+FORMAT_VERSION = 1
+
+# Keys of the original (EasyNLP) config.json that describe the GPT.
+_ORIGINAL_GPT_KEYS = {
+    "vocab_size", "img_vocab_size", "text_vocab_size", "block_size", "n_layer", "n_head", "n_embd",
+    "embd_pdrop", "resid_pdrop", "attn_pdrop", "n_unmasked",
+}
+# Bookkeeping keys the original files may carry; they describe nothing we build.
+_ORIGINAL_IGNORED_KEYS = {"vqgan", "model_type", "architectures", "transformers_version", "_name_or_path"}
+
+
+@dataclass
+class ArtistConfig:
+    vqgan: VQGANConfig
+    gpt: GPTConfig
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.gpt.img_vocab_size != self.vqgan.n_embed:
+            problems.append(f"gpt.img_vocab_size={self.gpt.img_vocab_size} but vqgan.n_embed={self.vqgan.n_embed}")
+        if self.gpt.img_len != self.vqgan.num_tokens:
+            problems.append(
+                f"gpt.img_len={self.gpt.img_len} but the VQGAN makes {self.vqgan.num_tokens} tokens "
+                f"(resolution {self.vqgan.resolution} / factor {self.vqgan.downsample_factor}, squared)"
+            )
+        if problems:
+            raise ValueError("inconsistent ArtistConfig: " + "; ".join(problems))
+
+    @classmethod
+    def build(cls, vqgan: VQGANConfig | None = None, **gpt_fields) -> ArtistConfig:
+        """A config whose GPT image sizes are taken from the VQGAN (pass only the GPT's own fields)."""
+        vqgan = vqgan or VQGANConfig()
+        for derived in ("img_vocab_size", "img_len"):
+            if derived in gpt_fields:
+                raise ValueError(f"{derived} is derived from the VQGAN config; do not pass it")
+        return cls(vqgan, GPTConfig(img_vocab_size=vqgan.n_embed, img_len=vqgan.num_tokens, **gpt_fields))
+
+    @property
+    def knowledge(self) -> bool:
+        return self.gpt.knowledge
+
+    def to_dict(self) -> dict:
+        return {
+            "model_type": MODEL_TYPE,
+            "format_version": FORMAT_VERSION,
+            "vqgan": self.vqgan.to_dict(),
+            "gpt": self.gpt.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ArtistConfig:
+        """Read our config.json (or, when it has no ``gpt`` section, the original flat one)."""
+        if "gpt" not in d:
+            return cls.from_original(d)
+        unknown = sorted(set(d) - {"model_type", "format_version", "vqgan", "gpt"})
+        if unknown:
+            raise ValueError(f"unknown config.json keys: {', '.join(unknown)}")
+        if d.get("model_type", MODEL_TYPE) != MODEL_TYPE:
+            raise ValueError(f"config.json model_type is {d['model_type']!r}, expected {MODEL_TYPE!r}")
+        if d.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise ValueError(f"config.json format_version {d['format_version']} is newer than this package reads")
+        return cls(VQGANConfig.from_dict(d["vqgan"]), GPTConfig.from_dict(d["gpt"]))
+
+    @classmethod
+    def from_original(
+        cls, d: dict, vqgan: VQGANConfig | None = None, entity_dim: int | None = None
+    ) -> ArtistConfig:
+        """The EasyNLP release's flat config.json (model_type "artist"); its VQGAN is the f16 design.
+
+        The original file has no knowledge field: the knowledge variant is recognised by its
+        ``ent_emb`` weights, whose width the caller passes as ``entity_dim``. ``vqgan`` overrides
+        the stage-1 config (default: the file's ``vqgan`` section if any, else the release's).
+        """
+        if d.get("model_type", MODEL_TYPE) != MODEL_TYPE:
+            raise ValueError(f"config.json model_type is {d['model_type']!r}, expected {MODEL_TYPE!r}")
+        if vqgan is None:
+            vqgan = VQGANConfig.from_dict(d["vqgan"]) if "vqgan" in d else VQGANConfig()
+        missing = sorted({"n_layer", "n_head", "n_embd"} - set(d))
+        if missing:
+            raise ValueError(f"original config.json lacks {', '.join(missing)}")
+        unknown = sorted(set(d) - _ORIGINAL_GPT_KEYS - _ORIGINAL_IGNORED_KEYS)
+        if unknown:
+            logger.warning("original config.json: ignoring keys this package does not use: %s", ", ".join(unknown))
+        if d.get("n_unmasked", 0):
+            raise ValueError(f"n_unmasked={d['n_unmasked']} is not supported (the release uses 0)")
+        img_vocab = d.get("img_vocab_size", vqgan.n_embed)
+        text_vocab = d.get("text_vocab_size", GPTConfig.text_vocab_size)
+        if "vocab_size" in d and d["vocab_size"] != img_vocab + text_vocab:
+            raise ValueError(
+                f"vocab_size={d['vocab_size']} != img_vocab_size {img_vocab} + text_vocab_size {text_vocab}"
+            )
+        if img_vocab != vqgan.n_embed:
+            raise ValueError(f"img_vocab_size={img_vocab} but the VQGAN codebook has {vqgan.n_embed} codes")
+        block = d.get("block_size", GPTConfig.text_len + vqgan.num_tokens)
+        text_len = block - vqgan.num_tokens
+        if text_len <= 0:
+            raise ValueError(f"block_size={block} leaves no room for text after {vqgan.num_tokens} image tokens")
+        gpt_fields = {f.name for f in fields(GPTConfig)}
+        dropouts = {k: d[k] for k in ("embd_pdrop", "resid_pdrop", "attn_pdrop") if k in d and k in gpt_fields}
+        return cls.build(
+            vqgan,
+            text_vocab_size=text_vocab,
+            text_len=text_len,
+            n_layer=d["n_layer"],
+            n_head=d["n_head"],
+            n_embd=d["n_embd"],
+            entity_dim=entity_dim,
+            **dropouts,
+        )
+
+    def to_original(self) -> dict:
+        """The flat config.json the EasyNLP release wrote (plus a ``vqgan`` section when the
+        tokenizer is not the release's f16 design, which the original hard-coded)."""
+        g = self.gpt
+        extra = {} if self.vqgan == VQGANConfig() else {"vqgan": self.vqgan.to_dict()}
+        return {
+            "model_type": MODEL_TYPE,
+            "vocab_size": g.vocab_size,
+            "img_vocab_size": g.img_vocab_size,
+            "text_vocab_size": g.text_vocab_size,
+            "block_size": g.block_size,
+            "n_layer": g.n_layer,
+            "n_head": g.n_head,
+            "n_embd": g.n_embd,
+            "embd_pdrop": g.embd_pdrop,
+            "resid_pdrop": g.resid_pdrop,
+            "attn_pdrop": g.attn_pdrop,
+            "n_unmasked": 0,
+            **extra,
+        }

@@ -1,0 +1,194 @@
+"""The whole ARTIST model: VQGAN (stage 1) + GPT (stage 2), with its checkpoint formats.
+
+Two layouts are read:
+
+* ours — ``config.json`` (sections ``vqgan`` and ``gpt``) + ``model.safetensors``;
+* the EasyNLP release — flat ``config.json`` + ``pytorch_model.bin`` holding
+  ``first_stage_model.*`` (taming VQGAN keys) and ``transformer.*`` (minGPT keys), read with
+  ``torch.load(weights_only=True)``.
+
+Either way every key must fit: missing, unexpected or mis-shaped tensors raise ``ValueError``
+listing them (the original loaded with ``strict=False`` and silently kept random weights).
+Both directories may also hold ``vocab.txt`` and an entity store, which travel with the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from easynlp_artist.configuration import ArtistConfig
+from easynlp_artist.knowledge.batch import KnowledgeInputs
+from easynlp_artist.models.stage1.vqgan import VQGAN, VQGANConfig
+from easynlp_artist.models.stage2.gpt import ArtistGPT, convert_original, to_original
+from easynlp_artist.models.stage2.sampling import SamplingConfig, sample_image_tokens
+from easynlp_artist.tokenization import VOCAB_FILE
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+ORIGINAL_WEIGHTS_FILE = "pytorch_model.bin"
+VQGAN_PREFIX = "first_stage_model."
+GPT_PREFIX = "transformer."
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class ArtistModel(nn.Module):
+    def __init__(self, config: ArtistConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vqgan = VQGAN(config.vqgan)
+        self.gpt = ArtistGPT(config.gpt)
+
+    @property
+    def device(self) -> torch.device:
+        return self.gpt.pos_emb.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.gpt.pos_emb.dtype
+
+    # ---- generation ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        text_ids: torch.Tensor,
+        knowledge: KnowledgeInputs | None = None,
+        *,
+        num_images_per_prompt: int = 1,
+        sampling: SamplingConfig | None = None,
+        generator: torch.Generator | None = None,
+        image_prefix: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample codes and decode them in one batch: images (N, 3, H, W) in [-1, 1], codes (N, img_len)."""
+        text_ids = text_ids.to(self.device)
+        if knowledge is not None:
+            knowledge = knowledge.to(self.device, self.dtype)
+        if image_prefix is not None:
+            image_prefix = image_prefix.to(self.device)
+        codes = sample_image_tokens(
+            self.gpt, text_ids, knowledge, num_images_per_prompt=num_images_per_prompt,
+            sampling=sampling, generator=generator, image_prefix=image_prefix,
+        )
+        return self.vqgan.decode(codes), codes
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike, *, original_layout: bool = False) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (or, with ``original_layout``, the release's
+        flat ``config.json`` + ``pytorch_model.bin``). Each file is written atomically."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        if original_layout:
+            state = {VQGAN_PREFIX + k: v for k, v in self.vqgan.to_taming_state_dict().items()}
+            gpt_sd = {k: v.detach().cpu() for k, v in self.gpt.state_dict().items()}
+            state.update({GPT_PREFIX + k: v for k, v in to_original(gpt_sd, self.config.gpt).items()})
+            config = self.config.to_original()
+            _write_atomic(out / ORIGINAL_WEIGHTS_FILE, lambda p: torch.save(state, p))
+        else:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+            config = self.config.to_dict()
+            _write_atomic(out / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
+        text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        _write_atomic(out / CONFIG_FILE, lambda p: Path(p).write_text(text, encoding="utf-8"))
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        device=None,
+        torch_dtype: torch.dtype | None = None,
+        vqgan: VQGANConfig | None = None,
+    ) -> ArtistModel:
+        """Load either checkpoint layout from a local directory.
+
+        ``vqgan`` applies to the original layout only, whose config.json does not describe the
+        tokenizer (default: the release's f16 VQGAN).
+        """
+        directory = Path(directory)
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
+        try:
+            raw = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config_path}: invalid JSON ({e})") from e
+        if "gpt" in raw:
+            model = cls(ArtistConfig.from_dict(raw))
+            weights = directory / WEIGHTS_FILE
+            if not weights.is_file():
+                raise FileNotFoundError(f"no {WEIGHTS_FILE} in {directory}")
+            model._load_checked(load_file(weights), str(weights))
+        else:
+            weights = directory / ORIGINAL_WEIGHTS_FILE
+            if not weights.is_file():
+                raise FileNotFoundError(f"no {ORIGINAL_WEIGHTS_FILE} (original layout) in {directory}")
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            if "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+            ent = state.get(GPT_PREFIX + "ent_emb.weight")
+            config = ArtistConfig.from_original(raw, vqgan, entity_dim=None if ent is None else ent.shape[1])
+            model = cls(config)
+            model.load_original_state_dict(state, str(weights))
+        dtype = torch_dtype or torch.float32
+        return model.to(device=device or "cpu", dtype=dtype).eval()
+
+    def _load_checked(self, state: dict[str, torch.Tensor], source: str) -> None:
+        expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = sorted(
+            f"{k}: file {tuple(state[k].shape)} vs model {expected[k]}"
+            for k in set(state) & set(expected)
+            if tuple(state[k].shape) != expected[k]
+        )
+        problems = []
+        if missing:
+            problems.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:20]))
+        if unexpected:
+            problems.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:20]))
+        if wrong:
+            problems.append("wrong shapes: " + "; ".join(wrong[:20]))
+        if problems:
+            raise ValueError(f"{source} does not fit config.json:\n  " + "\n  ".join(problems))
+        self.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+
+    def load_original_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """``first_stage_model.*`` (taming) + ``transformer.*`` (minGPT) → this model, strictly."""
+        vq = {k[len(VQGAN_PREFIX) :]: v for k, v in state.items() if k.startswith(VQGAN_PREFIX)}
+        gpt = {k[len(GPT_PREFIX) :]: v for k, v in state.items() if k.startswith(GPT_PREFIX)}
+        other = sorted(k for k in state if not k.startswith((VQGAN_PREFIX, GPT_PREFIX)))
+        if other:
+            raise ValueError(f"{source}: unexpected keys outside first_stage_model./transformer.: {', '.join(other[:20])}")
+        try:
+            self.vqgan.load_taming_state_dict(vq)
+            self.gpt.load_state_dict(convert_original(gpt, self.config.gpt))
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from e
+
+
+def copy_vocab(src_dir: str | os.PathLike, dst_dir: str | os.PathLike) -> None:
+    """Carry ``vocab.txt`` along when a checkpoint is re-saved elsewhere."""
+    src, dst = Path(src_dir) / VOCAB_FILE, Path(dst_dir) / VOCAB_FILE
+    if src.is_file() and src.resolve() != dst.resolve():
+        _write_atomic(dst, lambda p: shutil.copyfile(src, p))
