@@ -1,0 +1,285 @@
+"""Entity store: knowledge-graph entity names, their integer ids and their vectors (TransE space).
+
+Two on-disk formats are read and written.
+
+EasyNLP original (what the released ARTIST knowledge model used):
+
+- ``entity2id.txt``: UTF-8; the first line is a header and is ignored (OpenKE writes the entity count
+  there; we write it too); then one ``name<TAB>id`` per line. Whitespace around the name and the id is
+  stripped. ``id`` is a non-negative integer, the row of the entity's vector.
+- ``entity2vec.pt``: ``torch.save`` of one float tensor ``(N, D)``; row ``id`` is the vector of entity ``id``.
+
+Ours (``EntityStore.save`` / ``EntityStore.from_dir``):
+
+- ``entities.safetensors``: ``vectors`` ``(N, D)`` float32 and ``ids`` ``(M,)`` int64;
+- ``entity_names.txt``: ``M`` lines, UTF-8, no header; line ``k`` is the name of entity ``ids[k]``.
+
+Both are validated on load: malformed lines, empty or duplicate names, duplicate ids, ids outside the
+vector table, vectors that are not a 2-D float tensor or hold NaN/inf. Each error is an
+:class:`EntityFileError` naming the file and the 1-based line and column. A dictionary with no names is
+allowed (knowledge then does nothing) with a warning. ``D`` comes from the data (100 in the release).
+Vectors are kept as float32. Not every vector row needs a name.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ._io import atomic_path
+from .errors import EntityFileError
+
+ENTITY2ID_FILE = "entity2id.txt"
+ENTITY2VEC_FILE = "entity2vec.pt"
+SAFETENSORS_FILE = "entities.safetensors"
+NAMES_FILE = "entity_names.txt"
+_FORBIDDEN_IN_NAMES = ("\t", "\n", "\r")
+
+# (row k of the name table) -> (path, line, column) of the name or of the id of that row
+Where = Callable[[int], tuple[str | None, int | None, int | None]]
+
+
+def _no_where(path: str | None) -> Where:
+    return lambda k: (path, None, None)
+
+
+def _check_vectors(vectors: object, path: str | None) -> torch.Tensor:
+    if not isinstance(vectors, torch.Tensor):
+        raise EntityFileError(f"expected a tensor (N, D), found {type(vectors).__name__}", path)
+    if vectors.dim() != 2:
+        raise EntityFileError(f"expected a 2-D tensor (N, D), found shape {tuple(vectors.shape)}", path)
+    if not vectors.is_floating_point():
+        raise EntityFileError(f"expected a float tensor, found {vectors.dtype}", path)
+    finite = torch.isfinite(vectors).all(dim=1)
+    if not bool(finite.all()):
+        row = int((~finite).nonzero()[0, 0])
+        raise EntityFileError(f"vector row {row} (entity id {row}) holds NaN or inf", path)
+    return vectors.detach().to(torch.float32).contiguous()
+
+
+def _check_names(names: Sequence[str], ids: Sequence[int], num_vectors: int, name_at: Where, id_at: Where) -> None:
+    """Empty/forbidden names, duplicate names or ids, ids outside ``[0, num_vectors)``."""
+    if len(names) != len(ids):
+        raise ValueError(f"{len(names)} names for {len(ids)} ids")
+    first_name: dict[str, int] = {}
+    first_id: dict[int, int] = {}
+    for k, (name, i) in enumerate(zip(names, ids)):
+        if not name:
+            raise EntityFileError("empty entity name", *name_at(k))
+        bad = next((c for c in _FORBIDDEN_IN_NAMES if c in name), None)
+        if bad is not None:
+            raise EntityFileError(f"entity name {name!r} contains {bad!r}", *name_at(k))
+        if name in first_name:
+            raise EntityFileError(
+                f"duplicate entity name {name!r} (first at line {name_at(first_name[name])[1]})", *name_at(k)
+            )
+        if not 0 <= i < num_vectors:
+            raise EntityFileError(f"entity id {i} is outside the vector table [0, {num_vectors})", *id_at(k))
+        if i in first_id:
+            raise EntityFileError(
+                f"duplicate entity id {i} (first at line {id_at(first_id[i])[1]})", *id_at(k)
+            )
+        first_name[name] = k
+        first_id[i] = k
+
+
+class EntityStore:
+    """Names ↔ ids and the vector table ``(N, D)``; ``len(store)`` is the number of named entities."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        ids: Sequence[int],
+        vectors: torch.Tensor,
+        *,
+        source: str | None = None,
+        _checked: bool = False,
+    ) -> None:
+        if not _checked:
+            vectors = _check_vectors(vectors, source)
+            ids = [int(i) for i in ids]
+            _check_names(names, ids, vectors.shape[0], _no_where(source), _no_where(source))
+        self.names: list[str] = list(names)
+        self.ids: list[int] = list(ids)
+        self.vectors: torch.Tensor = vectors  # (N, D) float32
+        self.source = source
+        self._id_of: dict[str, int] | None = None
+        if not self.names:
+            warnings.warn(f"{source or 'entity store'}: no entity names; knowledge will do nothing", stacklevel=2)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"EntityStore({len(self)} names, vectors {tuple(self.vectors.shape)}, source={self.source!r})"
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    @property
+    def num_vectors(self) -> int:
+        return self.vectors.shape[0]
+
+    def items(self) -> Iterator[tuple[str, int]]:
+        """``(name, id)`` pairs in file order."""
+        return zip(self.names, self.ids)
+
+    def id_of(self, name: str) -> int:
+        """The id of an entity name (exact, unnormalised); ``KeyError`` if unknown."""
+        if self._id_of is None:
+            self._id_of = dict(self.items())
+        return self._id_of[name]
+
+    def vectors_for(self, ids: Sequence[int]) -> torch.Tensor:
+        """``(E, D)`` vectors of the given entity ids."""
+        index = torch.as_tensor(list(ids), dtype=torch.long)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_vectors):
+            bad = next(i for i in ids if not 0 <= i < self.num_vectors)
+            raise ValueError(f"entity id {bad} is outside the vector table [0, {self.num_vectors})")
+        return self.vectors[index]
+
+    # ---- EasyNLP original format ------------------------------------------------------------------
+
+    @classmethod
+    def from_easynlp(cls, entity2id_path: str | os.PathLike, entity2vec_path: str | os.PathLike) -> EntityStore:
+        """Read ``entity2id.txt`` (header line, then ``name<TAB>id``) and ``entity2vec.pt`` (tensor (N, D))."""
+        entity2id_path, entity2vec_path = os.fspath(entity2id_path), os.fspath(entity2vec_path)
+        try:
+            raw = torch.load(entity2vec_path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # torch raises several unrelated types for a corrupt file
+            raise EntityFileError(f"cannot read a tensor: {e}", entity2vec_path) from e
+        vectors = _check_vectors(raw, entity2vec_path)
+        names, ids, name_cols, id_cols = read_entity2id(entity2id_path)
+
+        def name_at(k: int):
+            return entity2id_path, k + 2, name_cols[k]
+
+        def id_at(k: int):
+            return entity2id_path, k + 2, id_cols[k]
+
+        _check_names(names, ids, vectors.shape[0], name_at, id_at)
+        return cls(names, ids, vectors, source=entity2id_path, _checked=True)
+
+    def save_easynlp(self, out_dir: str | os.PathLike) -> tuple[str, str]:
+        """Write ``entity2id.txt`` (header: the number of names) and ``entity2vec.pt``; returns both paths."""
+        os.makedirs(out_dir, exist_ok=True)
+        id_path = os.path.join(out_dir, ENTITY2ID_FILE)
+        vec_path = os.path.join(out_dir, ENTITY2VEC_FILE)
+        with atomic_path(id_path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(f"{len(self)}\n")
+            for name, i in self.items():
+                f.write(f"{name}\t{i}\n")
+        with atomic_path(vec_path) as tmp:
+            torch.save(self.vectors.clone(), tmp)
+        return id_path, vec_path
+
+    # ---- our format ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike) -> EntityStore:
+        """Read ``entities.safetensors`` + ``entity_names.txt`` from a directory written by :meth:`save`."""
+        path = os.fspath(path)
+        st_path = os.path.join(path, SAFETENSORS_FILE)
+        names_path = os.path.join(path, NAMES_FILE)
+        try:
+            tensors = load_file(st_path)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # safetensors raises its own error type for a corrupt header
+            raise EntityFileError(f"cannot read safetensors: {e}", st_path) from e
+        for key in ("vectors", "ids"):
+            if key not in tensors:
+                raise EntityFileError(f"missing tensor {key!r} (found {sorted(tensors)})", st_path)
+        vectors = _check_vectors(tensors["vectors"], st_path)
+        ids_t = tensors["ids"]
+        if ids_t.dim() != 1 or ids_t.is_floating_point() or ids_t.is_complex():
+            raise EntityFileError(f"'ids' must be a 1-D integer tensor, found {ids_t.dtype} {tuple(ids_t.shape)}", st_path)
+        ids = ids_t.tolist()
+        names = []
+        with open(names_path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                names.append(_decode(raw, names_path, lineno).rstrip("\r\n"))
+        if len(names) != len(ids):
+            raise EntityFileError(f"{len(names)} names for {len(ids)} ids in {st_path}", names_path)
+
+        def name_at(k: int):
+            return names_path, k + 1, 1
+
+        def id_at(k: int):  # the k-th entry of the 'ids' tensor; reported as "line" k + 1 of the names
+            return names_path, k + 1, None
+
+        _check_names(names, ids, vectors.shape[0], name_at, id_at)
+        return cls(names, ids, vectors, source=path, _checked=True)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write our format into directory ``path`` (created if needed)."""
+        os.makedirs(path, exist_ok=True)
+        with atomic_path(os.path.join(path, SAFETENSORS_FILE)) as tmp:
+            save_file({"vectors": self.vectors, "ids": torch.tensor(self.ids, dtype=torch.long)}, tmp)
+        with atomic_path(os.path.join(path, NAMES_FILE)) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            for name in self.names:
+                f.write(name + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, entity_map: str | os.PathLike | None = None) -> EntityStore:
+        """Open either format.
+
+        ``path`` is our directory, a directory holding ``entity2id.txt`` + ``entity2vec.pt``, or the
+        ``entity2vec.pt`` file itself with ``entity_map`` naming its ``entity2id.txt``.
+        """
+        path = os.fspath(path)
+        if entity_map is not None:
+            return cls.from_easynlp(entity_map, path)
+        if os.path.isfile(os.path.join(path, SAFETENSORS_FILE)):
+            return cls.from_dir(path)
+        if os.path.isfile(os.path.join(path, ENTITY2ID_FILE)):
+            return cls.from_easynlp(os.path.join(path, ENTITY2ID_FILE), os.path.join(path, ENTITY2VEC_FILE))
+        raise FileNotFoundError(
+            f"{path}: no {SAFETENSORS_FILE} or {ENTITY2ID_FILE} there (pass entity_map= for an entity2vec.pt file)"
+        )
+
+
+def _decode(raw: bytes, path: str, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise EntityFileError(f"invalid UTF-8 ({e.reason})", path, lineno, e.start + 1) from e
+
+
+def read_entity2id(path: str | os.PathLike) -> tuple[list[str], list[int], list[int], list[int]]:
+    """Parse ``entity2id.txt``: ``(names, ids, name_columns, id_columns)``, entries from line 2 on.
+
+    Checks the line format only (two tab-separated fields, non-empty name, non-negative integer id);
+    duplicates and ranges are checked by the store.
+    """
+    path = os.fspath(path)
+    names: list[str] = []
+    ids: list[int] = []
+    name_cols: list[int] = []
+    id_cols: list[int] = []
+    with open(path, "rb") as f:
+        header = f.readline()
+        _decode(header, path, 1)
+        for lineno, raw in enumerate(f, 2):
+            line = _decode(raw, path, lineno).rstrip("\r\n")
+            fields = line.split("\t")
+            if len(fields) != 2:
+                raise EntityFileError(f"expected 'name<TAB>id', found {len(fields)} field(s)", path, lineno, 1)
+            name, id_text = fields[0].strip(), fields[1].strip()
+            id_col = len(fields[0]) + 2
+            if not name:
+                raise EntityFileError("empty entity name", path, lineno, 1)
+            if not id_text.isdigit() or not id_text.isascii():
+                raise EntityFileError(f"entity id must be a non-negative integer, found {fields[1]!r}", path, lineno, id_col)
+            names.append(name)
+            ids.append(int(id_text))
+            name_cols.append(1 + len(fields[0]) - len(fields[0].lstrip()))
+            id_cols.append(id_col)
+    return names, ids, name_cols, id_cols
