@@ -8,8 +8,7 @@ from easynlp_artist.tokenization import char_vocab, write_vocab
 
 CHARS = "南京市长江大桥我的和华为买了手机北上海天安门广场苹果在吃一个人民"
 ASCII_PIECES = ["iphone", "##12", "12", "p", "##40", "abc", "new", "york"]
-NAMES = ["南京", "南京市", "市长", "长江", "长江大桥", "大桥", "iPhone", "phone", "华为", "上海", "天安门",
-         "天安门广场", "广场", "苹果", "人民", "江", "New York"]
+NAMES = ["南京", "南京市", "市长", "长江", "长江大桥", "大桥", "华为", "上海", "天安门", "天安门广场", "广场", "江"]
 
 
 @pytest.fixture
