@@ -38,7 +38,7 @@ VQGAN_PREFIX = "first_stage_model."
 GPT_PREFIX = "transformer."
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -102,13 +102,13 @@ class ArtistModel(nn.Module):
             gpt_sd = {k: v.detach().cpu() for k, v in self.gpt.state_dict().items()}
             state.update({GPT_PREFIX + k: v for k, v in to_original(gpt_sd, self.config.gpt).items()})
             config = self.config.to_original()
-            _write_atomic(out / ORIGINAL_WEIGHTS_FILE, lambda p: torch.save(state, p))
+            write_atomic(out / ORIGINAL_WEIGHTS_FILE, lambda p: torch.save(state, p))
         else:
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             config = self.config.to_dict()
-            _write_atomic(out / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
+            write_atomic(out / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
         text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
-        _write_atomic(out / CONFIG_FILE, lambda p: Path(p).write_text(text, encoding="utf-8"))
+        write_atomic(out / CONFIG_FILE, lambda p: Path(p).write_text(text, encoding="utf-8"))
         return out
 
     @classmethod
@@ -191,4 +191,4 @@ def copy_vocab(src_dir: str | os.PathLike, dst_dir: str | os.PathLike) -> None:
     """Carry ``vocab.txt`` along when a checkpoint is re-saved elsewhere."""
     src, dst = Path(src_dir) / VOCAB_FILE, Path(dst_dir) / VOCAB_FILE
     if src.is_file() and src.resolve() != dst.resolve():
-        _write_atomic(dst, lambda p: shutil.copyfile(src, p))
+        write_atomic(dst, lambda p: shutil.copyfile(src, p))

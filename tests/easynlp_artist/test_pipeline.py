@@ -1,0 +1,75 @@
+"""The notebook API: save/load with tokenizer and entities, prompts → images, output types."""
+
+import numpy as np
+import pytest
+import torch
+from helpers.tiny import randomize_, tiny_artist_config
+from PIL import Image
+
+from easynlp_artist.knowledge.entities import EntityStore
+from easynlp_artist.modeling import ArtistModel
+from easynlp_artist.pipeline import ArtistPipeline
+from easynlp_artist.tokenization import char_vocab, load_tokenizer, write_vocab
+
+CHARS = "一个红色的圆形番茄柠檬黄在白背景上"
+
+
+def make_pipeline(tmp_path, knowledge=True):
+    vocab = char_vocab(CHARS)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    write_vocab(vocab, tmp_path / "vocab.txt")
+    tok = load_tokenizer(tmp_path / "vocab.txt")
+    model = randomize_(ArtistModel(tiny_artist_config(len(vocab), entity_dim=4 if knowledge else None)))
+    store = EntityStore(["番茄", "柠檬"], [0, 1], torch.randn(2, 4, generator=torch.Generator().manual_seed(0)) * 3)
+    return ArtistPipeline(model, tok, store if knowledge else None)
+
+
+def test_round_trip_keeps_tokenizer_entities_and_outputs(tmp_path):
+    pipe = make_pipeline(tmp_path / "src")
+    out_dir = pipe.save_pretrained(tmp_path / "ckpt")
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names == ["config.json", "entities.safetensors", "entity_names.txt", "lattice_config.json",
+                     "model.safetensors", "vocab.txt"]
+    again = ArtistPipeline.from_pretrained(out_dir)
+    assert again.entities is not None and again.entities.names == ["番茄", "柠檬"]
+    kw = dict(num_images_per_prompt=2, top_k=5, generator=None)
+    a = pipe(["一个番茄", "红色的圆形"], **{**kw, "generator": torch.Generator().manual_seed(1)})
+    b = again(["一个番茄", "红色的圆形"], **{**kw, "generator": torch.Generator().manual_seed(1)})
+    assert torch.equal(a.codes, b.codes)
+    assert len(a.images) == 4 and all(isinstance(i, Image.Image) and i.size == (16, 16) for i in a.images)
+
+
+def test_entities_in_the_prompt_reach_the_model(tmp_path):
+    pipe = make_pipeline(tmp_path)
+    ids, know = pipe.encode_prompts(["一个番茄", "一个红色的圆形"])
+    assert know.mask.tolist() == [[True], [False]]
+    assert (know.starts[0, 0].item(), know.ends[0, 0].item()) == (2, 4)
+    # the same weights without the entity store give other logits for the tomato prompt only
+    img = torch.randint(0, 24, (2, 64))
+    with torch.no_grad():
+        fused = pipe.model.gpt.image_logits(ids, img, know)
+        plain = pipe.model.gpt.image_logits(ids, img, None)
+    assert not torch.allclose(fused[0], plain[0]) and torch.equal(fused[1], plain[1])
+
+
+def test_output_types_and_reproducibility(tmp_path):
+    pipe = make_pipeline(tmp_path, knowledge=False)
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    pil = pipe("红色的圆形", generator=gen(), guidance_scale=2.0)
+    arr = pipe("红色的圆形", generator=gen(), guidance_scale=2.0, output_type="np")
+    pt = pipe("红色的圆形", generator=gen(), guidance_scale=2.0, output_type="pt")
+    assert arr.images.shape == (1, 16, 16, 3) and arr.images.dtype == np.float32
+    assert pt.images.shape == (1, 3, 16, 16) and 0 <= pt.images.min() and pt.images.max() <= 1
+    np.testing.assert_array_equal(np.asarray(pil.images[0]), (arr.images[0] * 255).round().astype(np.uint8))
+    np.testing.assert_allclose(pt.images[0].permute(1, 2, 0).numpy(), arr.images[0], atol=1 / 255)
+    with pytest.raises(ValueError, match="output_type"):
+        pipe("圆", output_type="jpg")
+    with pytest.raises(ValueError, match="non-empty list"):
+        pipe([])
+
+
+def test_image_prompt_completion(tmp_path):
+    pipe = make_pipeline(tmp_path, knowledge=False)
+    top = torch.randint(0, 24, (1, 32))  # the top half of an 8×8 token grid
+    out = pipe("红色的圆形", image_prompt_codes=top, num_images_per_prompt=3, output_type="pt")
+    assert torch.equal(out.codes[:, :32], top.expand(3, -1))
