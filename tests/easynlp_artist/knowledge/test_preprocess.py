@@ -1,0 +1,100 @@
+import os
+
+import pytest
+import torch
+
+from easynlp_artist.knowledge.entities import EntityStore
+from easynlp_artist.knowledge.errors import LatticeFormatError, TableFormatError
+from easynlp_artist.knowledge.lattice import LatticeBuilder, knowledge_from_lattices
+from easynlp_artist.knowledge.preprocess import main, preprocess_table, read_knowledge_table
+
+INPUT = "1\t南京市长江大桥\timgA\n2\t上海的天安门广场\n3\t一个人\timgC\n4\t\n"
+# Written by hand in the original format (EasyNLP preprocess_data_knowl.py): ids from conftest's
+# entity2id.txt (南京 3, 南京市 10, 市长 4, 长江 11, 长江大桥 5, 大桥 12, 上海 0, 天安门 7, 天安门广场 1,
+# 广场 8; the single character 江 is not matched); pos_e inclusive; no entity -> empty lex_id field.
+EXPECTED = (
+    "1\t南京市长江大桥\t3 10 4 11 5 12\t0 1 2 3 4 5 6 0 0 2 3 3 5\t0 1 2 3 4 5 6 1 2 3 4 6 6\t7\timgA\n"
+    "2\t上海的天安门广场\t0 7 1 8\t0 1 2 3 4 5 6 7 0 3 3 6\t0 1 2 3 4 5 6 7 1 5 7 7\t8\n"
+    "3\t一个人\t\t0 1 2\t0 1 2\t3\timgC\n"
+    "4\t\t\t\t\t0\n"
+)
+
+
+@pytest.fixture
+def builder(entity_files, tokenizer):
+    return LatticeBuilder(EntityStore.from_easynlp(*entity_files[:2]), tokenizer)
+
+
+@pytest.mark.parametrize("batch_rows", [1, 3, 256])
+def test_output_matches_hand_written_original_table_byte_for_byte(tmp_path, builder, batch_rows):
+    src, out = tmp_path / "in.tsv", tmp_path / "out.tsv"
+    src.write_text(INPUT, encoding="utf-8")
+    stats = preprocess_table(src, out, builder, batch_rows=batch_rows, progress=False)
+    assert out.read_bytes() == EXPECTED.encode("utf-8")
+    assert (stats.rows, stats.written, stats.bad_rows) == (4, 4, [])
+    assert (stats.lattice.texts, stats.lattice.matches) == (4, 10)  # the single character 江 is not matched
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+
+def test_round_trip_through_original_format(tmp_path, builder):
+    path = tmp_path / "knowl.tsv"
+    path.write_text(EXPECTED, encoding="utf-8")
+    rows = list(read_knowledge_table(path))
+    assert [(r.line, r.idx, r.text, r.rest) for r in rows] == [
+        (1, "1", "南京市长江大桥", ("imgA",)), (2, "2", "上海的天安门广场", ()), (3, "3", "一个人", ("imgC",)), (4, "4", "", ()),
+    ]
+    assert [r.lattice for r in rows] == builder.lattices([r.text for r in rows])
+    lines = ["\t".join([r.idx, r.text, *r.lattice.to_columns().values(), *r.rest]) + "\n" for r in rows]
+    assert "".join(lines) == EXPECTED
+    know = knowledge_from_lattices([r.lattice for r in rows], builder.store, text_len=32, entity_num=10)
+    assert know.ends[0].tolist() == [2, 3, 4, 5, 7, 7]  # inclusive ends became exclusive
+    assert torch.equal(know.vectors[0], builder.store.vectors[[3, 10, 4, 11, 5, 12]])
+    assert know.mask.sum(1).tolist() == [6, 4, 0, 0]
+
+
+def test_bad_rows_are_reported_by_line_and_skipped(tmp_path, builder, caplog):
+    src, out = tmp_path / "in.tsv", tmp_path / "out.tsv"
+    src.write_bytes("1\t上海\n2\t南京\tx\ty\n".encode() + b"3\t\xff\xfe\n" + "4\t长江\n5\n".encode())
+    stats = preprocess_table(src, out, builder, progress=False)
+    assert stats.bad_rows == [2, 3, 5] and stats.written == 2 and stats.rows == 5
+    assert out.read_text(encoding="utf-8").splitlines()[1].startswith("4\t长江\t11\t")
+    assert f"{src}:2:1: expected 2 or 3 tab-separated fields, found 4" in caplog.text
+    assert f"{src}:3: invalid UTF-8 at byte 3" in caplog.text
+    with pytest.raises(TableFormatError) as info:
+        preprocess_table(src, tmp_path / "strict.tsv", builder, strict=True, progress=False)
+    assert (info.value.line, info.value.column) == (2, 1)
+    assert not (tmp_path / "strict.tsv").exists()
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+
+def test_read_knowledge_table_errors_name_line_and_column(tmp_path):
+    path = tmp_path / "knowl.tsv"
+    path.write_text("1\t上海\t0\t0 1 0\t0 1 1\t2\n2\t长江\t4\t0 1 0\t0 1 x\t2\n", encoding="utf-8")
+    rows = read_knowledge_table(path)
+    assert next(rows).lattice.entity_ids == (0,)
+    with pytest.raises(LatticeFormatError, match="pos_e: expected a non-negative integer, found 'x'") as info:
+        next(rows)
+    # line 2 = "2\t长江\t4\t0 1 0\t0 1 x\t2": pos_e starts at column 14, 'x' is its 5th character
+    assert (info.value.path, info.value.line, info.value.column) == (str(path), 2, 18)
+    bad: list[int] = []
+    assert [r.line for r in read_knowledge_table(path, strict=False, bad_rows=bad)] == [1]
+    assert bad == [2]
+
+
+def test_cli(tmp_path, entity_files, vocab_path, capsys):
+    src, out = tmp_path / "in.tsv", tmp_path / "out.tsv"
+    src.write_text(INPUT, encoding="utf-8")
+    id_path, vec_path = entity_files[:2]
+    argv = ["--input", str(src), "--output", str(out), "--vocab", str(vocab_path), "--no_progress"]
+    assert main([*argv, "--entity_map", str(id_path), "--entity_emb_path", str(vec_path)]) == 0
+    assert out.read_text(encoding="utf-8") == EXPECTED
+    assert "wrote 4 rows" in capsys.readouterr().err
+    EntityStore.from_easynlp(id_path, vec_path).save(tmp_path / "ents")
+    os.remove(out)
+    assert main([*argv, "--entity_dir", str(tmp_path / "ents")]) == 0
+    assert out.read_text(encoding="utf-8") == EXPECTED
+    id_path.write_text("h\n南京\tseven\n", encoding="utf-8")
+    assert main([*argv, "--entity_map", str(id_path), "--entity_emb_path", str(vec_path)]) == 1
+    assert f"{id_path}:2:4: entity id must be a non-negative integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(argv)
