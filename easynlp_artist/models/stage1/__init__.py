@@ -1,5 +1,14 @@
 """Stage 1: the VQGAN image tokenizer."""
 
+from .losses import (
+    PatchDiscriminator,
+    VQGANLossConfig,
+    adaptive_weight,
+    build_discriminator,
+    discriminator_loss,
+    reconstruction_loss,
+    vqgan_training_step,
+)
 from .vqgan import (
     TAMING_PREFIX,
     VQGAN,
@@ -11,6 +20,13 @@ from .vqgan import (
 )
 
 __all__ = [
+    "PatchDiscriminator",
+    "VQGANLossConfig",
+    "adaptive_weight",
+    "build_discriminator",
+    "discriminator_loss",
+    "reconstruction_loss",
+    "vqgan_training_step",
     "TAMING_PREFIX",
     "VQGAN",
     "VQGANConfig",

@@ -163,6 +163,11 @@ class VQGAN(nn.Module):
     def codebook(self) -> torch.Tensor:
         return self.vq_model.quantize.embedding.weight  # (n_embed, embed_dim)
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's output convolution weight (where taming balances the adversarial loss)."""
+        return self.vq_model.decoder.conv_out.weight
+
     # ---- validation -------------------------------------------------------------------------------
 
     def _check_images(self, images: torch.Tensor) -> None:
