@@ -17,6 +17,7 @@ from .vqgan import (
     convert_taming_state_dict,
     convert_to_taming_state_dict,
     images_to_uint8,
+    select_first_stage,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "convert_taming_state_dict",
     "convert_to_taming_state_dict",
     "images_to_uint8",
+    "select_first_stage",
 ]

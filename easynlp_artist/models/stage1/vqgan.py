@@ -182,8 +182,10 @@ class VQGAN(nn.Module):
 
     def check_codes(self, codes: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``codes`` is an integer tensor with values in [0, n_embed)."""
-        if not torch.is_tensor(codes) or codes.is_floating_point() or codes.is_complex() \
-                or codes.dtype == torch.bool:
+        integer = torch.is_tensor(codes) and not (
+            codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool
+        )
+        if not integer:
             raise ValueError(f"codes must be an integer tensor, got {_describe(codes)}")
         if codes.numel() == 0:
             return
@@ -208,13 +210,14 @@ class VQGAN(nn.Module):
         ``mean((sg[z_q] - z)^2) + beta * mean((z_q - sg[z])^2)``, i.e. ``beta`` weights the codebook
         term and the commitment term has weight 1; in value it equals ``(1 + beta) * mse(z_q, z)``.
         """
+        if latents.dim() != 4 or latents.shape[1] != self.config.embed_dim:
+            raise ValueError(
+                f"latents must be (B, embed_dim={self.config.embed_dim}, h, w), got {_describe(latents)}"
+            )
         b, d, h, w = latents.shape
         flat = latents.permute(0, 2, 3, 1).reshape(-1, d)  # (B*h*w, D)
         codebook = self.codebook
-        with torch.no_grad():
-            distances = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.t()
-                         + codebook.pow(2).sum(1)[None, :])  # (B*h*w, n_embed)
-            codes = distances.argmin(dim=1)
+        codes = nearest_codes(flat, codebook)  # (B*h*w,)
         quantized = F.embedding(codes, codebook)  # (B*h*w, D)
         loss = F.mse_loss(quantized.detach(), flat) + self.config.beta * F.mse_loss(quantized, flat.detach())
         quantized = flat + (quantized - flat).detach()
@@ -278,6 +281,22 @@ class VQGAN(nn.Module):
         (e.g. :data:`TAMING_PREFIX` for an EasyNLP ``pytorch_model.bin``)."""
         converted = convert_to_taming_state_dict(self.vq_model.state_dict(), self.config)
         return {prefix + k: v for k, v in converted.items()}
+
+
+# Upper bound on the elements of one (rows, n_embed) distance block, to bound memory for large batches.
+DISTANCE_BLOCK_ELEMENTS = 2**24
+
+
+@torch.no_grad()
+def nearest_codes(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest (squared Euclidean) codebook row for each vector: (N, D), (K, D) -> (N,) long."""
+    rows = max(1, DISTANCE_BLOCK_ELEMENTS // codebook.shape[0])
+    codebook_sq = codebook.pow(2).sum(1)  # (K,)
+    codes = [
+        (block.pow(2).sum(1, keepdim=True) - 2 * block @ codebook.t() + codebook_sq).argmin(dim=1)
+        for block in vectors.split(rows)
+    ]
+    return torch.cat(codes) if codes else vectors.new_zeros(0, dtype=torch.long)
 
 
 def images_to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -377,6 +396,14 @@ def _check_keys(kind: str, given: Iterable[str], expected: Iterable[str]) -> Non
 def _check_shapes(kind: str, mismatched: list[str]) -> None:
     if mismatched:
         raise ValueError(f"{kind} state dict has {len(mismatched)} shape mismatch(es): {_list(mismatched)}")
+
+
+def select_first_stage(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``first_stage_model.*`` entries of a whole EasyNLP app state dict, prefix removed
+    (``transformer.*`` and anything else dropped); a dict without such keys is returned unchanged."""
+    if not any(k.startswith(TAMING_PREFIX) for k in state_dict):
+        return dict(state_dict)
+    return {k[len(TAMING_PREFIX):]: v for k, v in state_dict.items() if k.startswith(TAMING_PREFIX)}
 
 
 def convert_taming_state_dict(

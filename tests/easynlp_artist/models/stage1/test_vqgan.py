@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import easynlp_artist.models.stage1.vqgan as vqgan_module
 from easynlp_artist.models.stage1 import (
     TAMING_PREFIX,
     VQGAN,
@@ -14,6 +15,7 @@ from easynlp_artist.models.stage1 import (
     convert_taming_state_dict,
     convert_to_taming_state_dict,
     images_to_uint8,
+    select_first_stage,
 )
 
 # attention at level 0 (with down-sampling, decoder without up-sampling) and at the last level
@@ -207,6 +209,15 @@ def test_codes_are_row_major(loaded):
             assert codes[r * CFG.grid_size + c] == nearest
 
 
+def test_blockwise_nearest_codes_match_one_block(loaded, monkeypatch):
+    model, _, _ = loaded
+    images = torch.rand(2, 3, 16, 16, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        whole = model.encode(images)
+        monkeypatch.setattr(vqgan_module, "DISTANCE_BLOCK_ELEMENTS", 3 * CFG.n_embed)  # 3 rows per block
+        assert torch.equal(model.encode(images), whole)
+
+
 def test_round_trip_taming_diffusers_taming_is_identical(loaded):
     model, _, sd = loaded
     back = model.to_taming_state_dict()
@@ -243,6 +254,17 @@ def test_conversion_errors_list_keys():
         convert_taming_state_dict(squeezed, CFG)
     with pytest.raises(ValueError, match="unexpected"):
         convert_to_taming_state_dict(dict(VQGAN(CFG).vq_model.state_dict(), extra=torch.zeros(1)), CFG)
+
+
+def test_select_first_stage_from_app_state_dict():
+    sd = random_taming_state_dict(CFG)
+    app = {TAMING_PREFIX + k: v for k, v in sd.items()}
+    app["transformer.tok_emb.weight"] = torch.zeros(4, 2)
+    selected = select_first_stage(app)
+    assert set(selected) == set(sd) and all(selected[k] is sd[k] for k in sd)
+    assert select_first_stage(sd) == sd
+    with pytest.raises(ValueError, match=r"unexpected 1 key\(s\): transformer\.tok_emb\.weight"):
+        convert_taming_state_dict(app, CFG)
 
 
 def test_long_key_lists_are_truncated():
