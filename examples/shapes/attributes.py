@@ -12,21 +12,21 @@
    Confidence is ``1 - d_best / d_second`` (0: a tie, 1: exactly on a prototype). The shape is None
    when there is no foreground region or the best prototype is still far away.
 
-The reader accepts a PIL image or a uint8 array (H, W, 3) of any size; the world's images are 64×64.
+The reader accepts a PIL image or a uint8 array (H, W, 3); the world's images are 64×64, larger ones
+(e.g. a 256×256 decoder output) are box-downsampled to 64×64 first. To score generated images against
+their prompts, see ``examples.shapes.evaluate``.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from .palette import COLOURS, SHAPES, min_colour_background_distance
-from .world import MAX_SIZE_FRACTION, MIN_SIZE_FRACTION, decode_base64_image, render
+from .palette import COLOURS, IMAGE_SIZE, SHAPES, min_colour_background_distance
+from .world import MAX_SIZE_FRACTION, MIN_SIZE_FRACTION, render
 
 BORDER_WIDTH = 2
 """Width in pixels of the image border sampled to estimate the background colour."""
@@ -80,12 +80,16 @@ class Attributes:
 
 
 def _as_array(image: Image.Image | np.ndarray) -> np.ndarray:
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"expected an RGB array of shape (H, W, 3), got {array.shape}")
-    return array.astype(np.uint8, copy=False)
+    """uint8 (H, W, 3); images larger than the world's are box-downsampled to IMAGE_SIZE×IMAGE_SIZE."""
+    if not isinstance(image, Image.Image):
+        array = np.asarray(image)
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise ValueError(f"expected an RGB array of shape (H, W, 3), got {array.shape}")
+        image = Image.fromarray(array.astype(np.uint8, copy=False))
+    image = image.convert("RGB")
+    if max(image.size) > IMAGE_SIZE:
+        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def estimate_background(pixels: np.ndarray) -> np.ndarray:
@@ -164,9 +168,7 @@ def foreground_mask(pixels: np.ndarray, background: np.ndarray) -> tuple[np.ndar
 
 def _erode(mask: np.ndarray) -> np.ndarray:
     padded = np.pad(mask, 1, constant_values=False)
-    return (
-        padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    )
+    return padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
 
 
 def _convex_hull_area(points: np.ndarray) -> float:
@@ -234,8 +236,6 @@ def _radial_harmonics(ys: np.ndarray, xs: np.ndarray) -> list[float]:
 @functools.lru_cache(maxsize=1)
 def shape_prototypes() -> dict[str, np.ndarray]:
     """Mean features of each shape rendered by the world at sizes spanning the world's range."""
-    from .palette import IMAGE_SIZE
-
     centre = (IMAGE_SIZE / 2, IMAGE_SIZE / 2)
     fractions = np.linspace(MIN_SIZE_FRACTION, MAX_SIZE_FRACTION, _PROTOTYPE_SIZES)
     colour, background = COLOURS[0].name, "白色"
@@ -279,21 +279,3 @@ def read_attributes(image: Image.Image | np.ndarray) -> Attributes:
     features = shape_features(mask)
     shape, confidence = classify_shape(features)
     return Attributes(colour, shape, confidence, features)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Read colour and shape of base64 images in a tsv column.")
-    parser.add_argument("table", help="tsv file, no header")
-    parser.add_argument("--column", type=int, default=-1, help="index of the base64 image column (default: last)")
-    args = parser.parse_args(argv)
-    with open(args.table, encoding="utf-8") as handle:
-        for line in handle:
-            fields = line.rstrip("\n").split("\t")
-            result = read_attributes(decode_base64_image(fields[args.column]))
-            confidence = "" if result.confidence is None else f"{result.confidence:.3f}"
-            print("\t".join([fields[0], result.colour or "", result.shape or "", confidence]))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -120,7 +120,12 @@ class Example:
 
 def _shape_polygon(shape: str, cx: float, cy: float, half: float) -> list[tuple[float, float]]:
     if shape == "正方形":
-        return [(cx - half, cy - half), (cx + half, cy - half), (cx + half, cy + half), (cx - half, cy + half)]
+        return [
+            (cx - half, cy - half),
+            (cx + half, cy - half),
+            (cx + half, cy + half),
+            (cx - half, cy + half),
+        ]
     if shape == "三角形":
         return [(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)]
     if shape == "星形":
@@ -134,7 +139,11 @@ def _shape_polygon(shape: str, cx: float, cy: float, half: float) -> list[tuple[
 
 
 def random_scene(
-    rng: np.random.Generator, colour: str, shape: str, background: str | None = None, image_size: int = IMAGE_SIZE
+    rng: np.random.Generator,
+    colour: str,
+    shape: str,
+    background: str | None = None,
+    image_size: int = IMAGE_SIZE,
 ) -> Scene:
     """A scene with the given colour and shape; background (unless given), size and position drawn from rng."""
     if background is None:
@@ -208,7 +217,9 @@ def decode_base64_image(text: str) -> Image.Image:
 
 
 def attribute_caption(template: str, colour: str, shape: str, background: str) -> str:
-    return template.format(colour=colour, shape=shape, short=SHAPE_BY_NAME[shape].short, background=background)
+    return template.format(
+        colour=colour, shape=shape, short=SHAPE_BY_NAME[shape].short, background=background
+    )
 
 
 def entity_caption(template: str, entity: str, background: str) -> str:
@@ -290,7 +301,9 @@ def check_vocabulary() -> None:
         for b in names:
             if a != b and a in b:
                 raise ValueError(f"entity name {a!r} is contained in {b!r}")
-    fixed_words = [c.name for c in COLOURS + BACKGROUNDS] + [s.name for s in SHAPES] + [s.short for s in SHAPES]
+    fixed_words = (
+        [c.name for c in COLOURS + BACKGROUNDS] + [s.name for s in SHAPES] + [s.short for s in SHAPES]
+    )
     fixed_text = "|".join(list(ATTRIBUTE_TEMPLATES) + list(ENTITY_TEMPLATES) + fixed_words)
     for name in names:
         if name in fixed_text:
@@ -373,10 +386,16 @@ def build_world(
         _write_atomic(out / f"{split}.tsv", _tsv(rows))
 
     rng = np.random.default_rng([seed, _SPLIT_STREAMS["test"]])
-    _write_atomic(out / "test.tsv", _tsv((str(i), p.prompt) for i, p in enumerate(sample_test_prompts(rng, n_test_prompts))))
+    _write_atomic(
+        out / "test.tsv",
+        _tsv((str(i), p.prompt) for i, p in enumerate(sample_test_prompts(rng, n_test_prompts))),
+    )
     _write_atomic(
         out / "eval_prompts.tsv",
-        _tsv([("kind", "prompt", "colour", "shape")] + [(p.kind, p.prompt, p.colour, p.shape) for p in eval_prompts()]),
+        _tsv(
+            [("kind", "prompt", "colour", "shape")]
+            + [(p.kind, p.prompt, p.colour, p.shape) for p in eval_prompts()]
+        ),
     )
 
     triples = build_triples()

@@ -16,6 +16,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from examples.shapes.attributes import read_attributes  # noqa: E402
+from examples.shapes.evaluate import main as evaluate_main  # noqa: E402
+from examples.shapes.evaluate import parse_prompt, score_images  # noqa: E402
 from examples.shapes.knowledge import ENTITIES, ENTITY_BY_NAME, held_out_entities, seen_entities  # noqa: E402
 from examples.shapes.palette import BACKGROUNDS, COLOURS, IMAGE_SIZE, SHAPES  # noqa: E402
 from examples.shapes.world import (  # noqa: E402
@@ -23,7 +25,9 @@ from examples.shapes.world import (  # noqa: E402
     EVAL_KINDS,
     build_world,
     decode_base64_image,
+    eval_prompts,
     main,
+    png_base64,
     random_scene,
     render,
     render_scene,
@@ -63,14 +67,10 @@ def _rows(path: Path) -> list[list[str]]:
 
 
 def _expected_attributes(text: str) -> tuple[str, str]:
-    """The (colour, shape) a training caption asks for: from its entity, else from its words."""
-    for entity in ENTITIES:
-        if entity.name in text:
-            return entity.colour, entity.shape
-    colours = [c.name for c in COLOURS if c.name in text]
-    shapes = [s.name for s in SHAPES if s.name in text or f"的{s.short}" in text]
-    assert len(colours) == 1 and len(shapes) == 1, text
-    return colours[0], shapes[0]
+    """The (colour, shape) a caption of the world asks for."""
+    parsed = parse_prompt(text)
+    assert parsed is not None, text
+    return parsed.colour, parsed.shape
 
 
 def test_same_seed_gives_identical_files(world: Path, tmp_path: Path) -> None:
@@ -241,3 +241,39 @@ def test_cli_writes_the_world(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "5 train" in capsys.readouterr().out
     assert all((tmp_path / name).exists() for name in FILES)
     assert len(_rows(tmp_path / "train.tsv")) == 5
+
+
+def test_parse_prompt_reads_every_prompt_of_the_world(world: Path) -> None:
+    for prompt in eval_prompts():
+        assert parse_prompt(prompt.prompt) == prompt
+    for _, text in _rows(world / "test.tsv"):
+        assert parse_prompt(text) is not None, text
+    assert parse_prompt("一只猫") is None
+    assert parse_prompt("番茄和柠檬") is None
+
+
+def test_scoring_ground_truth_and_wrong_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(READER_SEED)
+    prompts = eval_prompts()
+    truth = [(p.prompt, render(p.colour, p.shape, rng=rng)) for p in prompts]
+    scores, scored = score_images(truth)
+    assert len(scored) == len(prompts)
+    assert all(s.n > 0 and s.rates()["both"] >= 0.99 for s in scores.values())
+    wrong = [(p.prompt, render("红色" if p.colour != "红色" else "蓝色", p.shape, rng=rng)) for p in prompts]
+    wrong_scores, _ = score_images(wrong)
+    assert all(s.rates()["colour"] <= 0.01 and s.rates()["shape"] >= 0.99 for s in wrong_scores.values())
+
+    table = tmp_path / "pred.tsv"
+    table.write_text("".join(f"{i}\t{text}\t{png_base64(image)}\n" for i, (text, image) in enumerate(truth)))
+    rows_path = tmp_path / "rows.tsv"
+    assert evaluate_main([str(table), "--rows", str(rows_path)]) == 0
+    out = capsys.readouterr().out
+    assert "heldout_entity" in out and "1.000" in out
+    assert len(_rows(rows_path)) == len(prompts) + 1
+
+
+def test_reader_downsamples_large_images() -> None:
+    image = render("紫色", "星形", "黑色", (32.0, 32.0), 40.0)
+    large = image.resize((4 * IMAGE_SIZE, 4 * IMAGE_SIZE), Image.Resampling.BICUBIC)
+    read = read_attributes(large)
+    assert (read.colour, read.shape) == ("紫色", "星形")
