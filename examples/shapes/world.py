@@ -292,8 +292,22 @@ def sample_test_prompts(rng: np.random.Generator, n: int) -> list[EvalPrompt]:
     return prompts
 
 
+def all_attribute_captions() -> list[str]:
+    """Every caption the attribute templates can produce."""
+    return [
+        attribute_caption(template, c.name, s.name, b.name)
+        for template in ATTRIBUTE_TEMPLATES
+        for c in COLOURS
+        for s in SHAPES
+        for b in BACKGROUNDS
+    ]
+
+
 def check_vocabulary() -> None:
-    """Raise if a held-out entity could leak into a caption by substring, or the tables are inconsistent."""
+    """Raise if a caption could name an entity it is not about (by substring), or the tables disagree.
+
+    This is what guarantees that held-out entity names never occur in image captions.
+    """
     names = [e.name for e in ENTITIES]
     if len(set(names)) != len(names):
         raise ValueError("duplicate entity names")
@@ -301,13 +315,17 @@ def check_vocabulary() -> None:
         for b in names:
             if a != b and a in b:
                 raise ValueError(f"entity name {a!r} is contained in {b!r}")
-    fixed_words = (
-        [c.name for c in COLOURS + BACKGROUNDS] + [s.name for s in SHAPES] + [s.short for s in SHAPES]
-    )
-    fixed_text = "|".join(list(ATTRIBUTE_TEMPLATES) + list(ENTITY_TEMPLATES) + fixed_words)
-    for name in names:
-        if name in fixed_text:
-            raise ValueError(f"entity name {name!r} occurs in the fixed caption vocabulary")
+    for caption in all_attribute_captions():
+        inside = [name for name in names if name in caption]
+        if inside:
+            raise ValueError(f"attribute caption {caption!r} contains entity names {inside}")
+    for entity in ENTITIES:
+        for template in ENTITY_TEMPLATES:
+            for background in BACKGROUNDS:
+                caption = entity_caption(template, entity.name, background.name)
+                inside = [name for name in names if name in caption]
+                if inside != [entity.name]:
+                    raise ValueError(f"entity caption {caption!r} contains entity names {inside}")
     seen_pairs = {(e.colour, e.shape) for e in seen_entities()}
     for e in ENTITIES:
         if e.colour not in COLOUR_BY_NAME or e.shape not in SHAPE_BY_NAME:
@@ -422,6 +440,10 @@ def build_world(
         "backgrounds": [asdict(b) for b in BACKGROUNDS],
         "shapes": [asdict(s) for s in SHAPES],
         "entities": [asdict(e) for e in ENTITIES],
+        "held_out": [e.name for e in held_out_entities()],
+        "attribute_templates": list(ATTRIBUTE_TEMPLATES),
+        "entity_templates": list(ENTITY_TEMPLATES),
+        "relations": relations,
         "counts": {k: v for k, v in asdict(files).items() if k != "out_dir"},
     }
     _write_atomic(out / "entities.json", json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")

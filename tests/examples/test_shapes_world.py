@@ -23,6 +23,7 @@ from examples.shapes.palette import BACKGROUNDS, COLOURS, IMAGE_SIZE, SHAPES  # 
 from examples.shapes.world import (  # noqa: E402
     ATTRIBUTE_TEMPLATES,
     EVAL_KINDS,
+    all_attribute_captions,
     build_world,
     decode_base64_image,
     eval_prompts,
@@ -163,6 +164,7 @@ def test_manifest_matches_tables(world: Path) -> None:
     assert [e["name"] for e in manifest["entities"]] == [e.name for e in ENTITIES]
     assert sum(e["held_out"] for e in manifest["entities"]) == len(held_out_entities())
     assert manifest["counts"]["n_train"] == N_TRAIN
+    assert manifest["held_out"] == [e.name for e in held_out_entities()]
 
 
 def test_training_images_show_what_captions_say(world: Path) -> None:
@@ -248,6 +250,9 @@ def test_parse_prompt_reads_every_prompt_of_the_world(world: Path) -> None:
         assert parse_prompt(prompt.prompt) == prompt
     for _, text in _rows(world / "test.tsv"):
         assert parse_prompt(text) is not None, text
+    for caption in all_attribute_captions():
+        parsed = parse_prompt(caption)
+        assert parsed is not None and parsed.kind == "attribute", caption
     assert parse_prompt("一只猫") is None
     assert parse_prompt("番茄和柠檬") is None
 
