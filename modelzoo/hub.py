@@ -209,12 +209,17 @@ def _offline_message(entry: ModelEntry, cache: Cache, dest: Path) -> str:
             f"(`python -m modelzoo download {entry.name}`) or unset EASYNLP_MODELZOO_OFFLINE.")
 
 
-def _tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every regular file under ``root`` by POSIX relative path (links are not followed)."""
+def _tree_hashes(root: Path, known: dict[str, str] | None = None) -> dict[str, str]:
+    """sha256 of every regular file under ``root`` by POSIX relative path (links are not followed).
+
+    ``known`` digests (computed while downloading) are reused instead of reading the file again.
+    """
+    known = known or {}
     out = {}
     for path in sorted(root.rglob("*")):
         if path.is_file() and not path.is_symlink() and path.name != META_NAME:
-            out[path.relative_to(root).as_posix()] = sha256_file(path).hexdigest()
+            rel = path.relative_to(root).as_posix()
+            out[rel] = known[rel] if rel in known else sha256_file(path).hexdigest()
     return out
 
 
@@ -240,6 +245,7 @@ def _download_and_install(entry: ModelEntry, cache: Cache, dest: Path) -> None:
     staging_parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{entry_cache_key(entry)}.staging.", dir=staging_parent))
     downloads: dict[str, str] = {}
+    known: dict[str, str] = {}  # digests of installed files computed while downloading them
     try:
         content = staging / "content"
         content.mkdir()
@@ -268,7 +274,9 @@ def _download_and_install(entry: ModelEntry, cache: Cache, dest: Path) -> None:
             if fmt is not None:
                 safe_extract(archive, content, fmt, label=label)
             else:  # one remote file (kind "file"): the partial download becomes the checkpoint file
-                os.replace(archive, content / (PurePosixPath(urlsplit(entry.uri).path).name or "model.bin"))
+                file_name = PurePosixPath(urlsplit(entry.uri).path).name or "model.bin"
+                os.replace(archive, content / file_name)
+                known[file_name] = digest
         else:
             for f in entry.files:
                 assert f.uri is not None
@@ -282,13 +290,17 @@ def _download_and_install(entry: ModelEntry, cache: Cache, dest: Path) -> None:
                 target = content / f.path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(part, target)
-        root = _content_root(content)
+                known[PurePosixPath(f.path).as_posix()] = result.sha256
+        root = _content_root(content) if entry.kind == "archive" else content
+        if root != content:
+            prefix = root.relative_to(content).as_posix() + "/"
+            known = {k[len(prefix):]: v for k, v in known.items() if k.startswith(prefix)}
         meta = {
             "name": entry.name,
             "fingerprint": entry.fingerprint(),
             "verified": entry.verified,
             "downloads_sha256": downloads,
-            "files_sha256": _tree_hashes(root),
+            "files_sha256": _tree_hashes(root, known),
             "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "index": entry.source,
         }

@@ -35,6 +35,7 @@ class Faults:
     drop_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before closing
     fail_with_503: dict[str, int] = field(default_factory=dict)  # path -> number of 503 answers
     delay_s: float = 0.0  # wait before every response (to make concurrent clients overlap)
+    rate_bytes_s: float | None = None  # cap the sending rate of each response (emulate a network link)
 
 
 class RangeFileServer:
@@ -137,7 +138,16 @@ class RangeFileServer:
                 count = length if drop is None else min(drop, length)
                 with open(file, "rb") as f:
                     self.wfile.flush()
-                    self.connection.sendfile(f, offset=start, count=count)
+                    rate = owner.faults.rate_bytes_s
+                    if rate is None:
+                        self.connection.sendfile(f, offset=start, count=count)
+                    else:
+                        began, block = time.perf_counter(), 256 * 1024
+                        for sent in range(0, count, block):
+                            ahead = sent / rate - (time.perf_counter() - began)
+                            if ahead > 0:
+                                time.sleep(ahead)
+                            self.connection.sendfile(f, offset=start + sent, count=min(block, count - sent))
                 if drop is not None:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -180,3 +190,24 @@ def write_random(path: Path, size: int, seed: int = 0) -> Path:
             f.write(rng.randbytes(min(block, size - start)))
     os.utime(path)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m modelzoo.testing DIR [--rate-mib R]``: serve DIR on 127.0.0.1 (at most R MiB/s per
+    response), print the port, run until stdin closes."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m modelzoo.testing")
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--rate-mib", type=float, default=None)
+    args = parser.parse_args(argv)
+    rate = args.rate_mib * 1024 * 1024 if args.rate_mib else None
+    with RangeFileServer(args.root, Faults(rate_bytes_s=rate)) as server:
+        print(server.port, flush=True)
+        sys.stdin.read()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
