@@ -473,8 +473,10 @@ class Trainer:
             for key, value in logs.items():
                 log_sums[key] = log_sums.get(key, 0.0) + value
             samples += len(group[position])
-        reduced = all_reduce_sum([loss_sum / len(group), float(samples)])
+        keys = sorted(log_sums)
+        reduced = all_reduce_sum([loss_sum / len(group), float(samples), *(log_sums[k] / len(group) for k in keys)])
         global_loss, global_samples = reduced[0] / self.world_size, int(reduced[1])
+        logs = {key: reduced[2 + i] / self.world_size for i, key in enumerate(keys)}
         step = self.state.step + 1
         if not math.isfinite(global_loss):
             self._non_finite(f"loss is {global_loss}", step)
@@ -489,7 +491,6 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        logs = {key: value / len(group) for key, value in log_sums.items()}
         return global_loss, logs, global_samples
 
     def _non_finite(self, what: str, step: int) -> None:
