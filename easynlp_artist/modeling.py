@@ -75,7 +75,7 @@ class ArtistModel(nn.Module):
         *,
         num_images_per_prompt: int = 1,
         sampling: SamplingConfig | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         image_prefix: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample codes and decode them in one batch: images (N, 3, H, W) in [-1, 1], codes (N, img_len)."""

@@ -140,7 +140,7 @@ class ArtistPipeline:
         top_p: float | None = None,
         temperature: float = 1.0,
         guidance_scale: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         image_prompt_codes: torch.Tensor | None = None,
     ) -> ArtistPipelineOutput:

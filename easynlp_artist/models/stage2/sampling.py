@@ -58,6 +58,21 @@ def _without_entities(knowledge: KnowledgeInputs) -> KnowledgeInputs:
     return KnowledgeInputs(knowledge.vectors, knowledge.starts, knowledge.ends, torch.zeros_like(knowledge.mask))
 
 
+def _draw(
+    probs: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None, per_prompt: int
+) -> torch.Tensor:
+    """One code per row of probs (n, V) → (n, 1); a list of generators serves one prompt's rows each."""
+    if not isinstance(generator, (list, tuple)):
+        if generator is not None and generator.device != probs.device:
+            probs = probs.to(generator.device)
+        return torch.multinomial(probs, 1, generator=generator)
+    parts = []
+    for i, g in enumerate(generator):
+        rows = probs[i * per_prompt : (i + 1) * per_prompt]
+        parts.append(torch.multinomial(rows.to(g.device), 1, generator=g).to(probs.device))
+    return torch.cat(parts)
+
+
 @torch.no_grad()
 def sample_image_tokens(
     gpt: ArtistGPT,
@@ -66,7 +81,7 @@ def sample_image_tokens(
     *,
     num_images_per_prompt: int = 1,
     sampling: SamplingConfig | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     image_prefix: torch.Tensor | None = None,
     use_cache: bool = True,
 ) -> torch.Tensor:
@@ -76,6 +91,10 @@ def sample_image_tokens(
     completion, e.g. the top rows of an encoded picture). Returns (B * num_images_per_prompt,
     img_len) codes, prompt-major (all samples of prompt 0 first). ``use_cache=False`` re-runs the
     whole sequence for every token — the original algorithm, kept as the reference.
+
+    ``generator`` may be a list with one generator per prompt: each prompt's samples then depend
+    only on its own generator, not on which other prompts share the batch (so sharded and
+    batched runs reproduce each other).
     """
     cfg = sampling or SamplingConfig()
     if num_images_per_prompt < 1:
@@ -96,6 +115,8 @@ def sample_image_tokens(
     know = knowledge.index_select(rows) if knowledge is not None else None
     prefix = image_prefix[rows] if image_prefix is not None else None
     n = text.shape[0]
+    if isinstance(generator, (list, tuple)) and len(generator) != B:
+        raise ValueError(f"got {len(generator)} generators for {B} prompts (one per prompt, or a single one)")
     guided = cfg.guidance_scale != 1.0
     if guided:
         # second half: the unconditional model p(image) — empty caption, no entities
@@ -121,10 +142,7 @@ def sample_image_tokens(
         if guided:
             logits = guide(logits[:n], logits[n:], cfg.guidance_scale)
         logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
-        probs = logits.softmax(dim=-1)
-        if generator is not None and generator.device != probs.device:
-            probs = probs.to(generator.device)
-        nxt = torch.multinomial(probs, 1, generator=generator).to(out.device)  # (n, 1)
+        nxt = _draw(logits.softmax(dim=-1), generator, num_images_per_prompt).to(out.device)  # (n, 1)
         out[:, i] = nxt[:, 0]
         if i == img_len - 1:
             break

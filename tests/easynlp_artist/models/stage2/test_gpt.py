@@ -255,3 +255,15 @@ def test_filter_logits_against_sorting_by_hand():
     assert torch.isfinite(nucleus[1]).tolist() == [False, False, False, True]  # 0.93 alone ≥ 0.7
     with pytest.raises(ValueError, match="temperature"):
         SamplingConfig(temperature=0)
+
+
+def test_per_prompt_generators_make_rows_independent_of_the_batch():
+    model = tiny()
+    text, _ = batch()
+    s = SamplingConfig(top_k=6)
+    gens = lambda seeds: [torch.Generator().manual_seed(x) for x in seeds]  # noqa: E731
+    together = sample_image_tokens(model, text, num_images_per_prompt=2, sampling=s, generator=gens([5, 6, 7]))
+    alone = sample_image_tokens(model, text[1:2], num_images_per_prompt=2, sampling=s, generator=gens([6]))
+    assert torch.equal(together[2:4], alone)
+    with pytest.raises(ValueError, match="2 generators for 3 prompts"):
+        sample_image_tokens(model, text, generator=gens([1, 2]))

@@ -1,0 +1,195 @@
+"""Training data for ARTIST from EasyNLP tables: images → cached VQGAN codes, texts → token ids + knowledge.
+
+Stage 2 never runs the VQGAN encoder inside the training loop: the codes of a table's images are
+computed once and stored in a cache file keyed by the table's content and the tokenizer weights,
+so later epochs and later runs on the same table read them back.
+
+Images are resized to the VQGAN resolution with a bicubic filter (no crop; as the original), then
+scaled to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from appzoo.tables import Row, TableDataset, decode_image_base64, open_binary
+from easynlp_artist.knowledge._io import atomic_path
+from easynlp_artist.knowledge.batch import KnowledgeInputs
+from easynlp_artist.knowledge.entities import EntityStore
+from easynlp_artist.knowledge.lattice import COLUMNS as KNOWLEDGE_COLUMNS
+from easynlp_artist.knowledge.lattice import Lattice, LatticeBuilder, knowledge_from_lattices
+from easynlp_artist.models.stage1.vqgan import VQGAN
+from easynlp_artist.tokenization import encode_texts
+
+logger = logging.getLogger(__name__)
+
+HASH_CHUNK = 1 << 20
+
+
+def image_to_tensor(img: Image.Image, resolution: int) -> torch.Tensor:
+    """RGB PIL image → (3, resolution, resolution) float in [-1, 1]."""
+    if img.size != (resolution, resolution):
+        img = img.resize((resolution, resolution), Image.BICUBIC)
+    pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # (H, W, 3)
+    return pixels.permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def row_image(row: Row, column: str, resolution: int) -> torch.Tensor:
+    """The image in ``row[column]`` as a model input; bad base64/images name file, line and column."""
+    names = list(row.values)
+    position = names.index(column) + 1
+    img = decode_image_base64(row[column], file=row.file, line=row.line_no, column=position)
+    return image_to_tensor(img, resolution)
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a table's bytes (streamed; local files or object-storage URIs)."""
+    h = hashlib.sha256()
+    with open_binary(path, "rb") as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def module_digest(module: torch.nn.Module) -> str:
+    """sha256 over a module's parameters and buffers (names, shapes, dtypes and values)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def encode_table_images(
+    table: TableDataset, column: str, vqgan: VQGAN, batch_size: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Codes (N, num_tokens) of every row's image, in table order."""
+    out = torch.empty(len(table), vqgan.config.num_tokens, dtype=torch.int32)
+    vqgan = vqgan.eval()
+    for start in range(0, len(table), batch_size):
+        stop = min(start + batch_size, len(table))
+        images = torch.stack([row_image(table.row(i), column, vqgan.config.resolution) for i in range(start, stop)])
+        out[start:stop] = vqgan.encode(images.to(device)).to("cpu", torch.int32)
+    return out
+
+
+def cached_codes(
+    table: TableDataset,
+    column: str,
+    vqgan: VQGAN,
+    cache_dir: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Codes of the table's images, from the cache when the same table and VQGAN were seen before."""
+    key = hashlib.sha256(
+        f"{file_digest(table.path)}|{module_digest(vqgan)}|{column}|{len(table)}".encode()
+    ).hexdigest()[:32]
+    path = Path(cache_dir) / f"codes-{key}.safetensors"
+    if path.is_file():
+        codes = load_file(path)["codes"]
+        if codes.shape == (len(table), vqgan.config.num_tokens):
+            logger.info("image codes of %s read from the cache %s", table.path, path)
+            return codes
+        logger.warning("ignoring cache file %s of the wrong shape %s", path, tuple(codes.shape))
+    logger.info("encoding %d images of %s with the VQGAN (cached afterwards in %s)", len(table), table.path, path)
+    codes = encode_table_images(table, column, vqgan, batch_size, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({"codes": codes}, tmp, metadata={"table": str(table.path)})
+    return codes
+
+
+@dataclass
+class TextEncoder:
+    """Texts (and, with knowledge, their entities) → model inputs, the same way for every mode.
+
+    With an entity store the lattice is built on the fly; tables that already carry the original
+    knowledge columns (``lex_id, pos_s, pos_e, token_len``) are read instead (then ``store`` only
+    supplies the vectors).
+    """
+
+    tokenizer: object
+    text_len: int
+    store: EntityStore | None = None
+    lattice: LatticeBuilder | None = None
+    entity_num: int = 10
+
+    def encode(
+        self, texts: list[str], rows: list[Row] | None = None
+    ) -> tuple[torch.Tensor, KnowledgeInputs | None]:
+        if self.store is not None and rows is not None and all(c in rows[0].values for c in KNOWLEDGE_COLUMNS):
+            lattices = [self._lattice_from_row(r) for r in rows]
+            ids = encode_texts(self.tokenizer, texts, self.text_len).input_ids
+            know = knowledge_from_lattices(lattices, self.store, text_len=self.text_len, entity_num=self.entity_num)
+            return ids, know
+        if self.lattice is not None:
+            enc, know, _ = self.lattice.build(texts)
+            return enc.input_ids, know
+        return encode_texts(self.tokenizer, texts, self.text_len).input_ids, None
+
+    @staticmethod
+    def _lattice_from_row(row: Row) -> Lattice:
+        return Lattice.from_columns(*(str(row[c]) for c in KNOWLEDGE_COLUMNS), path=row.file, line=row.line_no)
+
+
+class CodesDataset:
+    """Row i → (row, codes[i]); the table is read lazily, codes come from the cache."""
+
+    def __init__(self, table: TableDataset, codes: torch.Tensor) -> None:
+        if len(table) != codes.shape[0]:
+            raise ValueError(f"{table.path}: {len(table)} rows but {codes.shape[0]} cached codes")
+        self.table = table
+        self.codes = codes
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> tuple[Row, torch.Tensor]:
+        return self.table.row(i), self.codes[i]
+
+
+@dataclass
+class Stage2Collate:
+    """A batch of (row, codes) → ``{"text_ids", "image_ids", "knowledge"}``."""
+
+    encoder: TextEncoder
+    text_column: str
+
+    def __call__(self, items: list[tuple[Row, torch.Tensor]]) -> dict:
+        rows = [r for r, _ in items]
+        text_ids, knowledge = self.encoder.encode([str(r[self.text_column]) for r in rows], rows)
+        return {
+            "text_ids": text_ids,
+            "image_ids": torch.stack([c for _, c in items]).long(),
+            "knowledge": knowledge,
+        }
+
+
+class ImageDataset:
+    """Row i → image tensor (3, R, R), for stage-1 training and reconstruction metrics."""
+
+    def __init__(self, table: TableDataset, column: str, resolution: int) -> None:
+        self.table, self.column, self.resolution = table, column, resolution
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return row_image(self.table.row(i), self.column, self.resolution)
+
+
+def stack_images(items: list[torch.Tensor]) -> dict:
+    return {"images": torch.stack(items)}
