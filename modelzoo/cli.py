@@ -50,7 +50,7 @@ def _cmd_info(args: argparse.Namespace, cache: Cache) -> int:
     registry = load_registry(cache.root, args.offline)
     entry = lookup(args.name, registry)
     info = {
-        "name": entry.name,
+        "name": redact(entry.name),
         "description": entry.description,
         "license": entry.license,
         "kind": entry.kind,
@@ -90,9 +90,9 @@ def _cmd_verify(args: argparse.Namespace, cache: Cache) -> int:
     for note in report.notes:
         print(f"note: {note}")
     if report.ok:
-        print(f"OK {entry.name}: {report.checked} file(s) checked in {report.path}")
+        print(f"OK {redact(entry.name)}: {report.checked} file(s) checked in {report.path}")
         return 0
-    print(f"FAILED {entry.name} ({report.path or 'not available'}):")
+    print(f"FAILED {redact(entry.name)} ({report.path or 'not available'}):")
     for problem in report.problems:
         print(f"  {problem}")
     return 1

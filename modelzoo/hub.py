@@ -121,6 +121,7 @@ def lookup(target: str, registry: Registry) -> ModelEntry:
             raise ModelZooError(f"{target}: no such file or directory")
         return adhoc_entry(target)
     if scheme:
+        local_path(target)  # raises for an unsupported scheme
         raise ModelZooError(f"{redact(target)}: no such directory")
     looks_like_path = target.startswith(("/", ".", "~")) or (os.sep in target and not NAME_RE.match(target))
     if looks_like_path:
@@ -159,10 +160,10 @@ def local_entry_dir(entry: ModelEntry) -> Path:
     try:
         path = local_path(entry.uri)
     except ModelZooError as e:
-        raise ModelZooError(f"model {entry.name!r}: {e}") from e
+        raise ModelZooError(f"model {entry.display}: {e}") from e
     assert path is not None
     if not path.is_dir():
-        raise ModelZooError(f"model {entry.name!r}: its files are missing: {entry.uri} → {path} is not a "
+        raise ModelZooError(f"model {entry.display}: its files are missing: {entry.uri} → {path} is not a "
                             "directory (for the embedded model, build or reinstall the package data)")
     return path
 
@@ -176,7 +177,7 @@ def install(entry: ModelEntry, cache: Cache, *, offline: bool = False, force: bo
         return dest
     if offline:
         if read_meta(dest) is not None:
-            warnings.warn(f"offline mode: using the cached copy of {entry.name!r} at {dest}, which was "
+            warnings.warn(f"offline mode: using the cached copy of {entry.display} at {dest}, which was "
                           "installed from a different index entry (URI or sha256 changed)", stacklevel=3)
             return dest
         raise ModelZooError(_offline_message(entry, cache, dest))
@@ -191,7 +192,7 @@ def install(entry: ModelEntry, cache: Cache, *, offline: bool = False, force: bo
                 return dest  # another process installed it while we waited
             _download_and_install(entry, cache, dest)
     except Timeout as e:
-        raise ModelZooError(f"model {entry.name!r}: another process has held {lock_path} for {timeout:.0f} s "
+        raise ModelZooError(f"model {entry.display}: another process has held {lock_path} for {timeout:.0f} s "
                             "(EASYNLP_MODELZOO_LOCK_TIMEOUT); remove it if no download is running") from e
     return dest
 
@@ -204,9 +205,9 @@ def _offline_message(entry: ModelEntry, cache: Cache, dest: Path) -> str:
         part = cache.partial(entry, uri)
         have = f" (partial: {part.stat().st_size} bytes at {part})" if part.exists() else ""
         missing.append(f"{redact(uri)}{have}")
-    return (f"offline mode (EASYNLP_MODELZOO_OFFLINE=1): model {entry.name!r} is not in the cache "
+    return (f"offline mode (EASYNLP_MODELZOO_OFFLINE=1): model {entry.display} is not in the cache "
             f"{cache.root}; missing {dest} from {'; '.join(missing)}. Download it with network access "
-            f"(`python -m modelzoo download {entry.name}`) or unset EASYNLP_MODELZOO_OFFLINE.")
+            f"(`python -m modelzoo download {redact(entry.name)}`) or unset EASYNLP_MODELZOO_OFFLINE.")
 
 
 def _tree_hashes(root: Path, known: dict[str, str] | None = None) -> dict[str, str]:
@@ -232,7 +233,7 @@ def _content_root(content: Path) -> Path:
 
 
 def _warn_unverified(entry: ModelEntry, uri: str, sha256: str) -> None:
-    message = (f"model {entry.name!r}: {redact(uri)} has no sha256 in the index "
+    message = (f"model {entry.display}: {redact(uri)} has no sha256 in the index "
                f"({entry.source}); installed UNVERIFIED. Computed sha256 {sha256} is recorded in "
                f"{META_NAME}; add it to the index to verify future downloads.")
     log.warning(message)
@@ -243,6 +244,8 @@ def _download_and_install(entry: ModelEntry, cache: Cache, dest: Path) -> None:
     policy = RetryPolicy.from_env()
     staging_parent = cache.root / "tmp"
     staging_parent.mkdir(parents=True, exist_ok=True)
+    for stale in staging_parent.glob(f"{entry_cache_key(entry)}.staging.*"):  # left by a killed process
+        shutil.rmtree(stale, ignore_errors=True)  # safe: we hold this name's lock
     staging = Path(tempfile.mkdtemp(prefix=f"{entry_cache_key(entry)}.staging.", dir=staging_parent))
     downloads: dict[str, str] = {}
     known: dict[str, str] = {}  # digests of installed files computed while downloading them
@@ -253,7 +256,7 @@ def _download_and_install(entry: ModelEntry, cache: Cache, dest: Path) -> None:
         if entry.kind in ("archive", "file"):
             assert entry.uri is not None
             source = local_path(entry.uri) if not is_remote(entry.uri) else None
-            label = f"model {entry.name!r} from {redact(entry.uri)}"
+            label = f"model {entry.display} from {redact(entry.uri)}"
             if source is not None:  # a local archive: verify in place, no copy
                 if not source.is_file():
                     raise ModelZooError(f"{label}: no such file {source}")
@@ -280,7 +283,7 @@ def _download_and_install(entry: ModelEntry, cache: Cache, dest: Path) -> None:
         else:
             for f in entry.files:
                 assert f.uri is not None
-                label = f"model {entry.name!r} file {f.path} from {redact(f.uri)}"
+                label = f"model {entry.display} file {f.path} from {redact(f.uri)}"
                 part = cache.partial(entry, f.uri)
                 result = fetch(f.uri, part, expected_size=f.size, expected_sha256=f.sha256, policy=policy,
                                label=label)
@@ -296,7 +299,7 @@ def _download_and_install(entry: ModelEntry, cache: Cache, dest: Path) -> None:
             prefix = root.relative_to(content).as_posix() + "/"
             known = {k[len(prefix):]: v for k, v in known.items() if k.startswith(prefix)}
         meta = {
-            "name": entry.name,
+            "name": redact(entry.name),
             "fingerprint": entry.fingerprint(),
             "verified": entry.verified,
             "downloads_sha256": downloads,
@@ -341,8 +344,8 @@ def verify(entry: ModelEntry, cache: Cache) -> VerifyReport:
         try:
             path = local_entry_dir(entry)
         except ModelZooError as e:
-            return VerifyReport(entry.name, None, [str(e)])
-        report = VerifyReport(entry.name, path)
+            return VerifyReport(redact(entry.name), None, [str(e)])
+        report = VerifyReport(redact(entry.name), path)
         for f in entry.files:
             file = path / f.path
             if not file.is_file():
@@ -354,7 +357,7 @@ def verify(entry: ModelEntry, cache: Cache) -> VerifyReport:
         return report
     dest = cache.install_dir(entry)
     meta = read_meta(dest)
-    report = VerifyReport(entry.name, dest)
+    report = VerifyReport(redact(entry.name), dest)
     if meta is None:
         report.problems.append(f"not downloaded (no {dest / META_NAME})")
         return report

@@ -71,6 +71,11 @@ class ModelEntry:
     source: str = ""  # the index this entry came from
 
     @property
+    def display(self) -> str:
+        """The name as shown in messages (direct-URI entries are named by their URI: redacted)."""
+        return repr(redact(self.name)) if scheme_of(self.name) else repr(self.name)
+
+    @property
     def kind(self) -> str:
         """``archive``, ``file`` (one remote file), ``local`` (a local directory) or ``files``."""
         if self.uri is None:
@@ -216,17 +221,19 @@ def parse_index(text: str, source: str, base_dir: Path | None = None) -> dict[st
     return {name: checker.entry(name, obj) for name, obj in doc["models"].items()}
 
 
-_parsed_local: dict[tuple[str, int, int], dict[str, ModelEntry]] = {}
+_parsed_local: dict[tuple[str, str], dict[str, ModelEntry]] = {}
 
 
 def _load_local(path: Path, source: str) -> dict[str, ModelEntry]:
+    """Parsed entries of a local index; re-read every call (small), parsed once per distinct content."""
     try:
-        st = path.stat()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ModelZooError(f"{source}: cannot read index: {e.strerror or e}") from e
-    key = (str(path), st.st_mtime_ns, st.st_size)
+    except UnicodeDecodeError as e:
+        raise ModelZooError(f"{source}: index is not UTF-8 ({e.reason} at byte {e.start})") from e
+    key = (str(path), text)
     if key not in _parsed_local:
-        text = path.read_text(encoding="utf-8")
         _parsed_local[key] = parse_index(text, source, path.parent.resolve())
     return _parsed_local[key]
 

@@ -156,7 +156,9 @@ class RangeStream:
         except StorageError:
             raise
         except self._read_errors as e:
-            raise StorageError(f"{redact(self.uri)}: connection lost while reading: {e}", transient=True) from e
+            reason = _short_reason(e, self.uri)
+            raise StorageError(f"{redact(self.uri)}: connection lost while reading: {reason}",
+                               transient=True) from e
 
     def close(self) -> None:
         self._close()
@@ -234,9 +236,9 @@ def _http_range(uri: str, start: int, validator: str | None) -> RangeStream:
     try:
         resp = requests.get(uri, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT_S, _read_timeout()))
     except (requests.ConnectionError, requests.Timeout) as e:
-        raise StorageError(f"{redact(uri)}: {_short_reason(e)}", transient=True) from e
+        raise StorageError(f"{redact(uri)}: {_short_reason(e, uri)}", transient=True) from e
     except requests.RequestException as e:
-        raise StorageError(f"{redact(uri)}: {_short_reason(e)}") from e
+        raise StorageError(f"{redact(uri)}: {_short_reason(e, uri)}") from e
     status = resp.status_code
     etag = resp.headers.get("ETag")
     new_validator = etag if etag and not etag.startswith("W/") else resp.headers.get("Last-Modified")
@@ -262,12 +264,17 @@ def _http_range(uri: str, start: int, validator: str | None) -> RangeStream:
                        (urllib3.exceptions.HTTPError, requests.RequestException, OSError))
 
 
-def _short_reason(e: BaseException) -> str:
-    """The innermost, most specific reason of a requests/urllib3 exception chain."""
+def _short_reason(e: BaseException, uri: str = "") -> str:
+    """The most specific reason of a requests/urllib3/botocore exception, without secrets from ``uri``."""
     text = str(e)
     m = re.search(r"\[Errno -?\d+\] [^')\"]+", text)
     if m:
         return m.group(0)
+    if uri and scheme_of(uri):
+        parts = urlsplit(uri)
+        for secret in (parts.query, parts.password):
+            if secret:
+                text = text.replace(secret, "<redacted>")
     return text if len(text) <= 300 else text[:300] + "..."
 
 
@@ -315,7 +322,7 @@ def _s3_error(uri: str, e: BaseException) -> StorageError:
         return StorageError(f"{redact(uri)}: {code or 'error'} (HTTP {status})", transient=transient)
     if isinstance(e, NoCredentialsError):
         return StorageError(f"{redact(uri)}: no AWS credentials found")
-    return StorageError(f"{redact(uri)}: {type(e).__name__}: {_short_reason(e)}", transient=True)
+    return StorageError(f"{redact(uri)}: {type(e).__name__}: {_short_reason(e, uri)}", transient=True)
 
 
 def _s3_range(uri: str, start: int, validator: str | None) -> RangeStream:
@@ -413,7 +420,7 @@ def _oss_error(uri: str, e: BaseException) -> StorageError:
         code = getattr(e, "code", "") or type(e).__name__
         transient = status < 0 or status >= 500 or status in (408, 429)  # status -2: network error
         return StorageError(f"{redact(uri)}: {code} (HTTP {status})", transient=transient)
-    return StorageError(f"{redact(uri)}: {type(e).__name__}: {_short_reason(e)}", transient=True)
+    return StorageError(f"{redact(uri)}: {type(e).__name__}: {_short_reason(e, uri)}", transient=True)
 
 
 def _oss_range(uri: str, start: int, validator: str | None) -> RangeStream:

@@ -258,3 +258,32 @@ def test_s3_resume_from_partial(s3, zoo, tmp_path, monkeypatch):
     (tmp_path / "w.part.json").write_text(json.dumps({"uri_sha256": sha256(uri.encode()), "validator": etag}))
     result = fetch(uri, part, expected_sha256=sha256(data), policy=RetryPolicy(attempts=1))
     assert result.resumed_from == 123_456 and part.read_bytes() == data
+
+
+def test_secrets_in_uris_never_printed(zoo, served):
+    secret = "Signature=TOPSECRET123"
+    for uri in (f"http://127.0.0.1:{closed_port()}/m.tgz?{secret}", served.url(f"missing.tgz?{secret}"),
+                f"http://user:TOPSECRET123@127.0.0.1:{closed_port()}/m.tgz"):
+        with pytest.raises(modelzoo.ModelZooError) as err:
+            modelzoo.resolve(uri)
+        assert "TOPSECRET123" not in str(err.value) and "127.0.0.1" in str(err.value)
+
+
+def test_unsupported_scheme_and_bad_settings(zoo, monkeypatch):
+    with pytest.raises(modelzoo.ModelZooError, match="unsupported scheme 'ftp'"):
+        modelzoo.resolve("ftp://host/model.tgz")
+    monkeypatch.setenv("EASYNLP_MODELZOO_RETRIES", "0")
+    with pytest.raises(modelzoo.ModelZooError, match="EASYNLP_MODELZOO_RETRIES='0' is out of range"):
+        modelzoo.resolve(f"http://127.0.0.1:{closed_port()}/m.tgz")
+
+
+def test_progress_bar_and_stale_staging_cleanup(zoo, served, tmp_path, monkeypatch, capsys):
+    uri, archive = _serve_tgz(served)
+    _register(tmp_path, monkeypatch, {"org/tiny": {"uri": uri, "sha256": sha256(archive)}})
+    stale = zoo / "tmp" / "org--tiny.staging.killed"
+    (stale / "content").mkdir(parents=True)
+    monkeypatch.setenv("EASYNLP_MODELZOO_PROGRESS", "1")
+    modelzoo.resolve("org/tiny")
+    err = capsys.readouterr().err
+    assert "org/tiny" in err and f"/{archive.stat().st_size} " in err  # tqdm's "done/total" bytes
+    assert not stale.exists()
