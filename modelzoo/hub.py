@@ -143,10 +143,7 @@ def resolve(name_or_uri_or_path: str, *, cache_dir: str | os.PathLike | None = N
     target = os.fspath(name_or_uri_or_path)
     scheme = scheme_of(target)
     if scheme in ("", "file", "package"):
-        try:
-            path = local_path(target)
-        except ModelZooError as e:
-            raise ModelZooError(f"{target}: {e}") from e
+        path = local_path(target)
         if path is not None and path.is_dir():
             return path
     cache = Cache(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
@@ -175,7 +172,8 @@ def install(entry: ModelEntry, cache: Cache, *, offline: bool = False, force: bo
     dest = cache.install_dir(entry)
     if not force and _is_current(dest, entry):
         return dest
-    if offline:
+    sources = [entry.uri] if entry.uri else [f.uri for f in entry.files]
+    if offline and any(is_remote(uri) for uri in sources if uri):
         if read_meta(dest) is not None:
             warnings.warn(f"offline mode: using the cached copy of {entry.display} at {dest}, which was "
                           "installed from a different index entry (URI or sha256 changed)", stacklevel=3)

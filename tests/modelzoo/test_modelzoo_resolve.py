@@ -287,3 +287,9 @@ def test_progress_bar_and_stale_staging_cleanup(zoo, served, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "org/tiny" in err and f"/{archive.stat().st_size} " in err  # tqdm's "done/total" bytes
     assert not stale.exists()
+
+
+def test_offline_still_installs_local_archives(zoo, tmp_path):
+    local = make_tgz(tmp_path / "offline.tgz", checkpoint_files())
+    path = modelzoo.resolve(local.as_uri(), offline=True)
+    assert (path / "config.json").read_bytes() == checkpoint_files()["config.json"]
