@@ -29,7 +29,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from .archive import safe_extract
 from .download import RetryPolicy, fetch, sha256_file
 from .errors import ChecksumError, ModelZooError
 from .index import NAME_RE, ModelEntry, Registry, archive_format, cache_key, load_registry
@@ -239,6 +238,8 @@ def _warn_unverified(entry: ModelEntry, uri: str, sha256: str) -> None:
 
 
 def _download_and_install(entry: ModelEntry, cache: Cache, dest: Path) -> None:
+    from .archive import safe_extract  # tarfile/zipfile only when installing, not on cache hits
+
     policy = RetryPolicy.from_env()
     staging_parent = cache.root / "tmp"
     staging_parent.mkdir(parents=True, exist_ok=True)
