@@ -2,10 +2,13 @@
 
 1. Background: the per-channel median of the image border (two pixels wide).
 2. Foreground: pixels whose RGB distance from that background exceeds half the smallest distance
-   between any shape colour and any background; the largest 4-connected region is kept and its
-   holes are filled (robust to speckles and to blotches inside a decoded shape).
-3. Colour: the palette colour nearest to the median of the foreground's interior (the region
-   eroded by one pixel, so blurred edges that mix with the background do not count).
+   between any shape colour and any background give a rough region and, from its interior, the
+   foreground colour; the final mask keeps the pixels past the midpoint between background and
+   foreground colour. In both steps the largest 4-connected region is kept and its holes are filled
+   (robust to speckles and to blotches inside a decoded shape).
+3. Colour: the palette colour whose blends with the background best explain the foreground pixels
+   (median distance of the pixels from the segment background → colour), so blurred pixels that
+   mix the shape colour with the background count for the right colour.
 4. Shape: three scale-invariant features of the region — fill (area / bounding-box area), solidity
    (area / convex-hull area) and vertical balance (bottom-half mass minus top-half mass, over the
    area) — compared with prototypes measured on the world's own renderer; nearest prototype wins.
@@ -264,18 +267,31 @@ def classify_shape(features: ShapeFeatures) -> tuple[str | None, float | None]:
     return names[int(order[0])], float(confidence)
 
 
-def nearest_colour(rgb: np.ndarray) -> str:
-    distances = [float(np.linalg.norm(rgb - np.array(c.rgb, dtype=np.float64))) for c in COLOURS]
-    return COLOURS[int(np.argmin(distances))].name
+def blended_colour(values: np.ndarray, background: np.ndarray) -> str:
+    """The palette colour whose blends with the background best explain the pixels ``values`` (N, 3).
+
+    A blurred edge pixel is a mix ``background + a * (colour - background)``: it lies on the segment
+    from the background to the true colour, while it may be nearer another palette colour itself.
+    The colour with the smallest median distance from its segment wins.
+    """
+    offsets = values - background
+    costs = []
+    for colour in COLOURS:
+        direction = np.array(colour.rgb, dtype=np.float64) - background
+        along = np.clip(offsets @ direction / float(direction @ direction), 0.0, 1.0)
+        residual = offsets - along[:, None] * direction
+        costs.append(float(np.median(np.linalg.norm(residual, axis=1))))
+    return COLOURS[int(np.argmin(costs))].name
 
 
 def read_attributes(image: Image.Image | np.ndarray) -> Attributes:
     """The colour and shape of the one shape in ``image`` (see the module docstring)."""
     pixels = _as_array(image)
-    mask, foreground = foreground_mask(pixels, estimate_background(pixels))
+    background = estimate_background(pixels)
+    mask, foreground = foreground_mask(pixels, background)
     if foreground is None or int(mask.sum()) < MIN_AREA_FRACTION * mask.size:
         return Attributes(None, None, None)
-    colour = nearest_colour(foreground)
+    colour = blended_colour(pixels[mask].astype(np.float64), background)
     features = shape_features(mask)
     shape, confidence = classify_shape(features)
     return Attributes(colour, shape, confidence, features)
