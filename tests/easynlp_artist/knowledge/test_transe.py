@@ -1,0 +1,63 @@
+import json
+
+import pytest
+import torch
+
+from easynlp_artist.knowledge.entities import EntityStore
+from easynlp_artist.knowledge.errors import KnowledgeFileError
+from easynlp_artist.knowledge.transe import TransEConfig, main, read_triples, train_transe_files
+
+
+def test_transe_learns_a_tiny_graph_and_writes_both_formats(tmp_path):
+    # 8 countries x 4 cities, each fact stated in both directions: a held-out triple is predictable
+    # from its inverse, which TransE captures (has_city ≈ -located_in).
+    rows = []
+    for c in range(8):
+        for k in range(4):
+            rows += [f"城市{c}_{k}\tlocated_in\t国家{c}", f"国家{c}\thas_city\t城市{c}_{k}"]
+    path = tmp_path / "triples.tsv"
+    path.write_text("head\trelation\ttail\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    config = TransEConfig(dim=16, epochs=20, learning_rate=0.05, batch_size=16, num_negatives=4, test_ratio=0.15)
+    metrics = train_transe_files(path, tmp_path / "out", config, skip_first_line=True)
+
+    n = 8 + 8 * 4
+    random_mrr = sum(1 / r for r in range(1, n + 1)) / n  # uniform rank over n entities
+    assert metrics.num_entities == n and metrics.num_train + metrics.num_test == len(rows)
+    assert metrics.random_mrr == pytest.approx(random_mrr)
+    assert metrics.mrr > 4 * random_mrr
+    assert metrics.hits_at_10 > 10 / n
+
+    orig = EntityStore.from_easynlp(tmp_path / "out" / "entity2id.txt", tmp_path / "out" / "entity2vec.pt")
+    ours = EntityStore.from_dir(tmp_path / "out")
+    assert sorted(orig.names) == sorted({f"国家{c}" for c in range(8)} | {f"城市{c}_{k}" for c in range(8) for k in range(4)})
+    assert orig.names == ours.names and orig.ids == ours.ids and torch.equal(orig.vectors, ours.vectors)
+    assert orig.vectors.shape == (n, 16) and torch.isfinite(orig.vectors).all()
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["mrr"] == pytest.approx(metrics.mrr)
+
+
+@pytest.mark.parametrize(
+    "text, line, column, message",
+    [
+        ("a\tr\tb\na\tr\n", 2, 1, "found 2 field"),
+        ("a\tr\tb\na\t\tb\n", 2, 3, "empty relation"),
+        ("a\tr\tb\na\tr\t \n", 2, 5, "empty tail"),
+    ],
+)
+def test_read_triples_errors(tmp_path, text, line, column, message):
+    path = tmp_path / "t.tsv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(KnowledgeFileError, match=message) as info:
+        read_triples(path)
+    assert (info.value.path, info.value.line, info.value.column) == (str(path), line, column)
+
+
+def test_read_triples_empty_and_cli_error(tmp_path, capsys):
+    path = tmp_path / "t.tsv"
+    path.write_text("head\trelation\ttail\n", encoding="utf-8")
+    with pytest.raises(KnowledgeFileError, match="no triples"):
+        read_triples(path, skip_first_line=True)
+    assert main(["--triples", str(path), "--output_dir", str(tmp_path / "o"), "--skip_first_line"]) == 1
+    assert "no triples" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="test_ratio"):
+        TransEConfig(test_ratio=1.0)
