@@ -31,7 +31,7 @@ import importlib.util
 import io
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -602,8 +602,10 @@ class _AtomicLocalFile:
 
     def __init__(self, path: Path, mode: str):
         path = path.expanduser()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        self._path, self._tmp = path, Path(tmp)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        # os.open with 0o666 lets the process umask decide the final permissions, as open() would.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self._path, self._tmp = path, tmp
         self._file = os.fdopen(fd, mode, encoding="utf-8" if "b" not in mode else None)
 
     def __getattr__(self, name: str) -> Any:

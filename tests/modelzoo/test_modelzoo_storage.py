@@ -29,6 +29,10 @@ def test_local_text_roundtrip_atomic(tmp_path: Path):
         assert not target.exists(), "the target appears only on close"
     with open_uri(target.as_uri(), "r") as f:
         assert [line.rstrip("\n").split("\t") for line in f] == [["1", "猫"], ["2", "狗"]]
+    reference = tmp_path / "reference"
+    reference.write_text("")
+    assert target.stat().st_mode == reference.stat().st_mode, "permissions as open() would give"
+    reference.unlink()
     with pytest.raises(ZeroDivisionError), open_uri(str(target), "w") as f:
         f.write("partial")
         raise ZeroDivisionError
