@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from appzoo.apps import AppNotFoundError, discover_apps, find_app, format_app_list
 from appzoo.args import CommonArgs, UsageError, build_parser
+from appzoo.errors import RunError
 from appzoo.params import parse_user_defined_parameters
 
 logger = logging.getLogger("appzoo")
@@ -60,7 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(app_cls, args: CommonArgs, params) -> int:
     from appzoo.distributed import cleanup_distributed, init_distributed
-    from appzoo.trainer import TrainingError
 
     _configure_logging()
     info = init_distributed()
@@ -68,7 +68,7 @@ def _run(app_cls, args: CommonArgs, params) -> int:
         result = app_cls().run(args, params)
     except (ValueError, FileNotFoundError) as exc:
         return _fail(str(exc), 2)
-    except TrainingError as exc:
+    except RunError as exc:
         return _fail(str(exc), 1)
     finally:
         cleanup_distributed()

@@ -16,6 +16,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from appzoo.errors import RunError
 from appzoo.tables import AtomicWriter, Row, check_cell, is_remote, local_path, open_binary
 
 logger = logging.getLogger("appzoo.distributed")
@@ -92,7 +93,7 @@ def _collective_device() -> torch.device:
     return device_for_rank() if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-class ShardedPredictError(RuntimeError):
+class ShardedPredictError(RunError):
     """Another process failed during a sharded predict; no output was published."""
 
 

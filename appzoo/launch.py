@@ -12,7 +12,6 @@ variable ``NODE_RANK`` or, if unset, ``RANK`` (what PAI-DLC and most schedulers 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -59,13 +58,26 @@ def torchrun_command(argv: Sequence[str], args: CommonArgs, environ: dict[str, s
 
 
 def relaunch(argv: Sequence[str], args: CommonArgs) -> int:
-    """Run the command under torchrun and return its exit status."""
+    """Run the command under torchrun (in this process, as its launcher) and return an exit status:
+    0 when every process succeeded, 2 when every failed process exited with 2 (bad input), else 1."""
     import torch
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
 
     if torch.cuda.is_available() and args.worker_gpu > torch.cuda.device_count():
         raise UsageError(
             f"--worker_gpu={args.worker_gpu} but only {torch.cuda.device_count()} CUDA device(s) are visible"
         )
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run(torchrun_command(argv, args), env=env, check=False).returncode
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    launcher_args = get_args_parser().parse_args(torchrun_command(argv, args)[3:])
+    try:
+        run(launcher_args)
+    except ChildFailedError as exc:
+        codes = sorted({failure.exitcode for failure in exc.failures.values()})
+        print(
+            f"easynlp: error: {len(exc.failures)} of {args.world_processes} process(es) failed "
+            f"(exit code {', '.join(map(str, codes))}); their messages are above",
+            file=sys.stderr,
+        )
+        return 2 if codes == [2] else 1
+    return 0

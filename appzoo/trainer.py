@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from appzoo.args import CommonArgs
 from appzoo.distributed import all_reduce_max, all_reduce_sum, device_for_rank, get_rank, get_world_size
+from appzoo.errors import RunError
 
 logger = logging.getLogger("appzoo.trainer")
 
@@ -60,7 +61,7 @@ if hasattr(nn, "RMSNorm"):
     _NORM_TYPES = (*_NORM_TYPES, nn.RMSNorm)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RunError):
     """Training cannot go on (the CLI exits with status 1)."""
 
 

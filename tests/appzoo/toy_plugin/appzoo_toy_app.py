@@ -121,6 +121,7 @@ class ToyRegressionApp(BaseApp):
 class EchoParams:
     prefix: str = ""
     upper: bool = False
+    fail_on: str = ""
 
 
 class EchoApp(BaseApp):
@@ -136,6 +137,8 @@ class EchoApp(BaseApp):
         def echo(rows: list[Row]) -> list[list[str]]:
             out = []
             for row in rows:
+                if params.fail_on and row[column] == params.fail_on:
+                    raise row.error(column, f"refusing to echo {params.fail_on!r}")
                 text = params.prefix + row[column]
                 out.append([text.upper() if params.upper else text])
             return out

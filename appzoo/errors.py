@@ -1,0 +1,9 @@
+"""Errors the ``easynlp`` command reports as one line.
+
+Bad input (flags, parameters, tables) raises ``ValueError`` subclasses: exit status 2.
+:class:`RunError` is a failure while running that is not the input's fault: exit status 1.
+"""
+
+
+class RunError(RuntimeError):
+    """A failure while running (non-finite loss, another process failed); the CLI exits with 1."""
