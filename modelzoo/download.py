@@ -27,10 +27,9 @@ from .storage import RangeStream, open_range, redact
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1024 * 1024
+CHUNK_SIZE = 256 * 1024  # small enough to stay in L2 cache between the write and the hash
 HASH_BLOCK = 4 * 1024 * 1024
-QUEUE_CHUNKS = 8  # chunks in flight between the network reader and the writer thread
-SYNC_EVERY = 32 * 1024 * 1024
+QUEUE_CHUNKS = 32  # chunks in flight between the network reader and the writer thread
 
 
 @dataclass(frozen=True)
@@ -217,8 +216,8 @@ class _HashingWriter(threading.Thread):
     """Writes and hashes chunks handed over by the network reader, so the two overlap.
 
     hashlib and file writes release the GIL, so on two cores the download runs at about the speed of
-    the slower of network and hash+write rather than their sum. Dirty pages are flushed every
-    ``SYNC_EVERY`` bytes so that the final fsync has little left to do.
+    the slower of network and hash+write rather than their sum. (Periodic fdatasync calls here were
+    measured to halve throughput; one fsync at the end is enough for the atomic install.)
     """
 
     def __init__(self, f: BinaryIO, hasher: hashlib._Hash):
@@ -226,7 +225,6 @@ class _HashingWriter(threading.Thread):
         self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUE_CHUNKS)
         self.f, self.hasher = f, hasher
         self.written, self.error = 0, None
-        self._synced = 0
 
     def run(self) -> None:
         while True:
@@ -239,10 +237,6 @@ class _HashingWriter(threading.Thread):
                 self.f.write(chunk)
                 self.hasher.update(chunk)
                 self.written += len(chunk)
-                if self.written - self._synced >= SYNC_EVERY:
-                    self.f.flush()
-                    os.fdatasync(self.f.fileno())
-                    self._synced = self.written
             except OSError as e:
                 self.error = e
 
