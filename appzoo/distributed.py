@@ -9,15 +9,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from appzoo.errors import RunError
-from appzoo.tables import AtomicWriter, Row, check_cell, is_remote, local_path, open_binary
+from appzoo.tables import AtomicWriter, Row, check_cell, is_remote, local_path
 
 logger = logging.getLogger("appzoo.distributed")
 
@@ -97,22 +100,24 @@ class ShardedPredictError(RunError):
     """Another process failed during a sharded predict; no output was published."""
 
 
-def _part_path(output_path: str, rank: int, world: int) -> str:
-    if is_remote(output_path):
-        return f"{output_path}.part-{rank:05d}-of-{world:05d}"
-    target = local_path(output_path)
-    return str(target.with_name(f".{target.name}.part-{rank:05d}-of-{world:05d}"))
-
-
-def _remove(path: str) -> None:
-    if is_remote(path):
-        from modelzoo.storage import delete_uri
-
-        with contextlib.suppress(FileNotFoundError):
-            delete_uri(path)
-        return
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(local_path(path))
+def _part_paths(output_path: str, world: int) -> list[Path]:
+    """Where each rank writes its part: beside a local output (so several machines sharing that
+    directory work), or in a local temporary directory for an object-storage output (one machine)."""
+    if not is_remote(output_path):
+        target = local_path(output_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        base = target.with_name(f".{target.name}")
+    else:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        if local_world != world:
+            raise ValueError(
+                f"--outputs={output_path}: a predict over several machines needs --outputs on a directory "
+                "they share; write locally and upload afterwards"
+            )
+        token = [secrets.token_hex(8) if get_rank() == 0 else None]
+        dist.broadcast_object_list(token, src=0)
+        base = Path(tempfile.gettempdir()) / f"appzoo-predict-{token[0]}"
+    return [base.with_name(f"{base.name}.part-{r:05d}-of-{world:05d}") for r in range(world)]
 
 
 def _predict_rows(rows: Iterable[Row], predict_batch_fn: Callable[[list[Row]], list[list[str]]],
@@ -171,7 +176,8 @@ def run_sharded_predict(rows: Iterable[Row], predict_batch_fn: Callable[[list[Ro
                 out.write_row(list(header))
             return _predict_rows(rows, predict_batch_fn, batch_size, 0, 1, out.write_row, width)
 
-    part = _part_path(output_path, rank, world)
+    parts = _part_paths(output_path, world)
+    part = parts[rank]
     error: BaseException | None = None
     try:
         with AtomicWriter(part) as out:
@@ -183,11 +189,12 @@ def run_sharded_predict(rows: Iterable[Row], predict_batch_fn: Callable[[list[Ro
     merge_error: BaseException | None = None
     if not failed and rank == 0:
         try:
-            total = _merge_parts([_part_path(output_path, r, world) for r in range(world)], output_path, header)
+            total = _merge_parts(parts, output_path, header)
         except Exception as exc:  # reported to every rank below, then re-raised
             merge_error = exc
     merge_failed, total = all_reduce_sum([1.0 if merge_error is not None else 0.0, float(total)])
-    _remove(part)
+    with contextlib.suppress(FileNotFoundError):
+        part.unlink()
     if error is not None:
         raise error
     if merge_error is not None:
@@ -199,8 +206,8 @@ def run_sharded_predict(rows: Iterable[Row], predict_batch_fn: Callable[[list[Ro
     return int(total)
 
 
-def _merge_parts(parts: list[str], output_path: str, header: Sequence[str] | None) -> int:
-    handles = [open_binary(p, "rb") for p in parts]
+def _merge_parts(parts: list[Path], output_path: str, header: Sequence[str] | None) -> int:
+    handles = [open(p, "rb") for p in parts]
     try:
         with AtomicWriter(output_path) as out:
             if header is not None:

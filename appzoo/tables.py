@@ -240,6 +240,9 @@ class TableDataset:
 
     def __init__(self, path: str | os.PathLike, schema: Schema, skip_first_line: bool = False,
                  transform=None):
+        if is_remote(path):
+            raise ValueError(f"{path}: TableDataset needs random access to a local file; copy the table "
+                             "from object storage first (read_table streams from any URI)")
         self.path = str(path)
         self.schema = schema
         self.transform = transform
