@@ -191,10 +191,10 @@ def open_range(uri: str, start: int = 0, validator: str | None = None) -> RangeS
         return _oss_range(uri, start, validator)
     path = local_path(uri)
     assert path is not None
-    return _local_range(uri, path, start)
+    return _local_range(uri, path, start, validator)
 
 
-def _local_range(uri: str, path: Path, start: int) -> RangeStream:
+def _local_range(uri: str, path: Path, start: int, validator: str | None) -> RangeStream:
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed by the RangeStream
     except FileNotFoundError as e:
@@ -202,9 +202,10 @@ def _local_range(uri: str, path: Path, start: int) -> RangeStream:
     except OSError as e:
         raise StorageError(f"{uri}: {e.strerror or e}") from e
     st = os.fstat(f.fileno())
-    begin = start if start <= st.st_size else 0
+    version = f"{st.st_mtime_ns}-{st.st_size}"
+    begin = start if start <= st.st_size and validator in (None, version) else 0
     f.seek(begin)
-    return RangeStream(uri, begin, st.st_size, f"{st.st_mtime_ns}-{st.st_size}", f.read, f.close)
+    return RangeStream(uri, begin, st.st_size, version, f.read, f.close)
 
 
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")

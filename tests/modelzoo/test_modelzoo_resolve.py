@@ -293,3 +293,20 @@ def test_offline_still_installs_local_archives(zoo, tmp_path):
     local = make_tgz(tmp_path / "offline.tgz", checkpoint_files())
     path = modelzoo.resolve(local.as_uri(), offline=True)
     assert (path / "config.json").read_bytes() == checkpoint_files()["config.json"]
+
+
+def test_resume_never_splices_two_versions(zoo, served, tmp_path):
+    from modelzoo.download import RetryPolicy, fetch
+
+    old = write_random(served.root / "v.bin", 200_000, seed=2).read_bytes()
+    uri, part = served.url("v.bin"), tmp_path / "v.part"
+    served.faults.drop_after["/v.bin"] = 50_000
+    with pytest.raises(modelzoo.ModelZooError):
+        fetch(uri, part, policy=RetryPolicy(attempts=1))
+    assert part.stat().st_size == 50_000
+    new = write_random(served.root / "v.bin", 200_000, seed=3)  # a new version with a new ETag
+    os.utime(new, ns=(1, 1))
+    result = fetch(uri, part, expected_sha256=sha256(new), policy=RetryPolicy(attempts=1))
+    assert result.resumed_from == 0 and part.read_bytes() == new.read_bytes() != old
+    assert [g.range for g in served.gets("v.bin")] == [None, "bytes=50000-"]
+    assert served.gets("v.bin")[1].status == 200, "If-Range mismatch: the server sends the whole object"

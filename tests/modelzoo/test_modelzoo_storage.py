@@ -149,4 +149,9 @@ def test_local_range_and_sha(tmp_path: Path):
     p.write_bytes(b"abcdef")
     with open_range(str(p), 2) as s:
         assert s.read(100) == b"cdef" and s.total == 6
+        version = s.validator
+    with open_range(str(p), 2, version) as s:
+        assert s.start == 2
+    with open_range(str(p), 2, "some-other-version") as s:  # the file changed since: start over
+        assert s.start == 0 and s.read(100) == b"abcdef"
     assert sha256(p) == sha256(b"abcdef")
