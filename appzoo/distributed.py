@@ -74,6 +74,12 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
+def barrier() -> None:
+    """Wait for every process (no-op in one process)."""
+    if is_distributed():
+        dist.barrier()
+
+
 def all_reduce_max(value: float) -> float:
     """Maximum of ``value`` over all processes (the value itself in one process)."""
     if not is_distributed():

@@ -47,7 +47,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from appzoo.args import CommonArgs
-from appzoo.distributed import all_reduce_max, all_reduce_sum, device_for_rank, get_rank, get_world_size
+from appzoo.distributed import (
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    device_for_rank,
+    get_rank,
+    get_world_size,
+)
 from appzoo.errors import RunError
 
 logger = logging.getLogger("appzoo.trainer")
@@ -254,7 +261,6 @@ def _publish_dir(temp: Path, target: Path) -> None:
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint directory, or a checkpoint_dir holding ``last``, that contains trainer state."""
     root = Path(path)
-    recover_checkpoint_dir(root)
     for candidate in (root, root / "last"):
         if (candidate / STATE_FILE).is_file():
             return candidate
@@ -402,13 +408,17 @@ class Trainer:
     def train(self) -> dict:
         """Run to ``epoch_num`` epochs; returns final metrics and checkpoint paths."""
         cfg = self.config
-        if cfg.resume_from_checkpoint:
-            self._resume(resolve_checkpoint(cfg.resume_from_checkpoint))
+        resume = Path(str(cfg.resume_from_checkpoint).removeprefix("file://")) if cfg.resume_from_checkpoint else None
+        if self.rank == 0:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            for root in {self.checkpoint_dir, *((resume, resume.parent) if resume is not None else ())}:
+                recover_checkpoint_dir(root)
+        barrier()
+        if resume is not None:
+            self._resume(resolve_checkpoint(resume))
         else:
             seed_everything(cfg.random_seed + self.rank)
         if self.rank == 0:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            recover_checkpoint_dir(self.checkpoint_dir)
             logger.info(
                 "training: %d examples, %d process(es), %d optimizer steps (%d per epoch), warmup %d, "
                 "starting at step %d", len(self.train_dataset), self.world_size, self.total_steps,

@@ -100,3 +100,13 @@ def test_console_script_and_module_entry(toy_env, tmp_path):
                             env=toy_env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr == "easynlp: error: unknown flag --mod; did you mean --mode?\n"
+
+
+def test_train_then_evaluate_through_cli(toy_plugin, tmp_path, write_toy_table, caplog):
+    table = write_toy_table(tmp_path / "t.tsv", 6)
+    common = [f"--tables={table}", "--input_schema=idx:str:1,x:float:4,y:float:1",
+              f"--checkpoint_dir={tmp_path / 'ckpt'}", "--micro_batch_size=4", "--app_name=toy_alias"]
+    assert main(["--mode=train", "--epoch_num=1", *common]) == 0
+    caplog.set_level("INFO", logger="appzoo")
+    assert main(["--mode=evaluate", *common]) == 0
+    assert '"num_samples": 6' in caplog.text

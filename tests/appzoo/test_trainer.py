@@ -188,3 +188,27 @@ def test_bf16_autocast_on_cpu_trains(toy_plugin, tmp_path):
     result = trainer.train()
     assert math.isfinite(result["train_loss"])
     assert not torch.equal(before["net.0.weight"], model.state_dict()["net.0.weight"])
+
+
+def test_interrupted_swap_is_recovered_before_resume(toy_plugin, tmp_path):
+    data = _examples(8)
+    model = toy_plugin.build_model(toy_plugin.ToyParams(), seed=0)
+    Trainer(model, data, toy_plugin.collate, _config(tmp_path, epoch_num=1), save_model_fn=_save).train()
+    root = tmp_path / "ckpt"
+    # a crash between "last -> .old-last" and ".tmp-last-* -> last": only the old copy and a temp dir remain
+    (root / "last").rename(root / ".old-last")
+    (root / ".tmp-last-123-abcd").mkdir()
+    cfg = _config(tmp_path, epoch_num=2, resume_from_checkpoint=str(root / "last"))
+    trainer = Trainer(model, data, toy_plugin.collate, cfg, save_model_fn=_save)
+    assert trainer.train()["global_step"] == 4
+    assert sorted(p.name for p in root.iterdir()) == ["last"]
+
+
+def test_config_from_common_args():
+    from appzoo.args import CommonArgs
+
+    args = CommonArgs(micro_batch_size=3, use_amp=True, save_checkpoint_steps=5, checkpoint_dir="/x")
+    cfg = TrainerConfig.from_args(args, num_workers=1)
+    assert (cfg.micro_batch_size, cfg.use_amp, cfg.save_checkpoint_steps, cfg.checkpoint_dir, cfg.num_workers) == (
+        3, True, 5, "/x", 1)
+    assert cfg.learning_rate == args.learning_rate and cfg.random_seed == args.random_seed
