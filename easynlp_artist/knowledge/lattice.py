@@ -171,15 +171,19 @@ class LexiconMatcher:
     def from_store(cls, store: EntityStore, min_chars: int = 2) -> LexiconMatcher:
         return cls(store.items(), min_chars=min_chars)
 
-    def matches(self, text: str, normalized: bool = False) -> list[Match]:
-        """All occurrences in ``text`` as character spans, sorted by (start, end, id)."""
+    def spans(self, text: str, normalized: bool = False) -> list[tuple[int, int, int]]:
+        """All occurrences as plain ``(start, end, entity_id)`` tuples, sorted; the fast path of :meth:`matches`."""
         if not self.size:
             return []
         key = text if normalized else normalize(text)
         lengths = self._lengths
-        found = [Match(last + 1 - lengths[i], last + 1, i) for last, i in self._automaton.iter(key)]
+        found = [(last + 1 - lengths[i], last + 1, i) for last, i in self._automaton.iter(key)]
         found.sort()
         return found
+
+    def matches(self, text: str, normalized: bool = False) -> list[Match]:
+        """All occurrences in ``text`` as character spans, sorted by (start, end, id)."""
+        return [Match(*t) for t in self.spans(text, normalized)]
 
 
 class JiebaFilter:
@@ -195,14 +199,17 @@ class JiebaFilter:
             if len(key) >= min_chars and not self._tok.FREQ.get(key):
                 self._tok.add_word(key)
 
-    def keep(self, text: str, matches: Sequence[Match]) -> list[Match]:
-        """``text`` is normalised; see the module docstring for the rule."""
+    def keep(self, text: str, matches: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+        """The ``(start, end, id)`` matches (or :class:`Match`) of normalised ``text`` that jieba agrees with.
+
+        See the module docstring for the rule.
+        """
         if not matches:
             return []
         bounds = {0}
         bounds.update(end for _, _, end in self._tok.tokenize(text, HMM=False))
         words = {(s, e) for _, s, e in self._tok.tokenize(text, mode="search", HMM=False)}
-        return [m for m in matches if (m.start in bounds and m.end in bounds) or (m.start, m.end) in words]
+        return [m for m in matches if (m[0] in bounds and m[1] in bounds) or (m[0], m[1]) in words]
 
 
 @dataclass(frozen=True)
@@ -371,7 +378,7 @@ class LatticeBuilder:
         """
         stats = stats if stats is not None else LatticeStats()
         key = normalize(text)
-        found = self.matcher.matches(key, normalized=True)
+        found = self.matcher.spans(key, normalized=True)
         stats.texts += 1
         stats.matches += len(found)
         if self.jieba is not None:
@@ -380,7 +387,7 @@ class LatticeBuilder:
             found = kept
         limit = offsets[-1][1] if offsets else 0
         if truncated:
-            inside = [m for m in found if m.end <= limit]
+            inside = [m for m in found if m[1] <= limit]
             stats.past_text_len += len(found) - len(inside)
             found = inside
         items = self._align(found, offsets)
@@ -388,7 +395,7 @@ class LatticeBuilder:
         items = sorted(set(items))
         return Lattice(len(offsets), tuple(i for _, _, i in items), tuple(s for s, _, _ in items), tuple(e for _, e, _ in items))
 
-    def _align(self, found: Sequence[Match], offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    def _align(self, found: Sequence[tuple[int, int, int]], offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
         """Character spans → half-open token spans ``(start, end, id)``; unaligned matches are left out."""
         out = []
         if not found or not offsets:
@@ -399,18 +406,18 @@ class LatticeBuilder:
             for t, (a, b) in enumerate(offsets):
                 first.setdefault(a, t)
                 last[b] = t
-            for m in found:
-                s, e = first.get(m.start), last.get(m.end)
+            for start, end, entity_id in found:
+                s, e = first.get(start), last.get(end)
                 if s is not None and e is not None and s <= e:
-                    out.append((s, e + 1, m.entity_id))
+                    out.append((s, e + 1, entity_id))
             return out
         token_ends = [b for _, b in offsets]
         token_starts = [a for a, _ in offsets]
-        for m in found:
-            s = bisect.bisect_right(token_ends, m.start)  # first token ending after the match starts
-            e = bisect.bisect_left(token_starts, m.end)  # tokens starting before the match ends
+        for start, end, entity_id in found:
+            s = bisect.bisect_right(token_ends, start)  # first token ending after the match starts
+            e = bisect.bisect_left(token_starts, end)  # tokens starting before the match ends
             if s < e:
-                out.append((s, e, m.entity_id))
+                out.append((s, e, entity_id))
         return out
 
     def lattices(self, texts: Sequence[str], stats: LatticeStats | None = None) -> list[Lattice]:
