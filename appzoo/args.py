@@ -93,6 +93,12 @@ class CommonArgs:
         if not 0 < self.master_port < 65536:
             raise UsageError(f"--master_port must be in 1..65535, got {self.master_port}")
 
+    def require(self, *names: str) -> None:
+        """Raise UsageError naming the first of ``names`` (flag names) that is unset or empty."""
+        for name in names:
+            if getattr(self, name) in (None, "", []):
+                raise UsageError(f"--{name} is required for --app_name={self.app_name} --mode={self.mode}")
+
     @property
     def train_table(self) -> str | None:
         """First entry of ``--tables`` (the training table in train mode, the input otherwise)."""

@@ -228,8 +228,8 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(handle.fileno())
 
 
-def recover_checkpoint_dir(root: Path) -> None:
-    """Finish or undo a checkpoint swap interrupted between its two renames; drop stale temp dirs."""
+def recover_checkpoint_dir(root: Path, remove_temp: bool = True) -> None:
+    """Undo a checkpoint swap interrupted between its two renames; drop stale temporary dirs."""
     if not root.is_dir():
         return
     for old in root.glob(".old-*"):
@@ -238,7 +238,7 @@ def recover_checkpoint_dir(root: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(old, target)
-    for stale in root.glob(".tmp-*"):
+    for stale in root.glob(".tmp-*") if remove_temp else ():
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -335,8 +335,11 @@ class Trainer:
         param_groups_fn: Callable[[nn.Module], list[dict]] | None = None,
         device: torch.device | str | None = None,
     ):
-        if not hasattr(train_dataset, "__len__") or not hasattr(train_dataset, "__getitem__"):
-            raise TypeError("train_dataset must be map-style (support len() and indexing)")
+        for name, dataset in (("train_dataset", train_dataset), ("valid_dataset", valid_dataset)):
+            if dataset is not None and not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+                raise TypeError(f"{name} must be map-style (support len() and indexing)")
+        if valid_dataset is not None and len(valid_dataset) == 0:
+            raise ValueError("the validation set is empty")
         self.config = config
         self.device = torch.device(device) if device is not None else device_for_rank()
         self.rank, self.world_size = get_rank(), get_world_size()
@@ -411,8 +414,10 @@ class Trainer:
         resume = Path(str(cfg.resume_from_checkpoint).removeprefix("file://")) if cfg.resume_from_checkpoint else None
         if self.rank == 0:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            for root in {self.checkpoint_dir, *((resume, resume.parent) if resume is not None else ())}:
-                recover_checkpoint_dir(root)
+            recover_checkpoint_dir(self.checkpoint_dir)
+            if resume is not None:
+                for root in (resume, resume.parent):
+                    recover_checkpoint_dir(root, remove_temp=False)
         barrier()
         if resume is not None:
             self._resume(resolve_checkpoint(resume))

@@ -72,3 +72,10 @@ def test_unknown_flag_without_close_match():
 def test_bad_values(argv, message):
     with pytest.raises(UsageError, match=message):
         CommonArgs.from_argv(argv)
+
+
+def test_require_names_the_missing_flag():
+    args = CommonArgs(app_name="toy", tables=["a.tsv"])
+    args.require("tables")
+    with pytest.raises(UsageError, match="--outputs is required for --app_name=toy --mode=train"):
+        args.require("tables", "outputs")

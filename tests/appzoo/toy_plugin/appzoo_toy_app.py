@@ -84,6 +84,7 @@ class ToyRegressionApp(BaseApp):
     Params = ToyParams
 
     def train(self, args: CommonArgs, params: ToyParams) -> dict:
+        args.require("tables", "input_schema")
         schema = Schema.parse(args.input_schema)
         train_set = TableDataset(args.tables[0], schema, args.skip_first_line, transform=row_to_example)
         valid_set = (TableDataset(args.tables[1], schema, args.skip_first_line, transform=row_to_example)
