@@ -171,9 +171,9 @@ def sequence_columns(schema: Schema, first_sequence: str | None, second_sequence
 class Row:
     """One table row: its 1-based line number in ``file`` and its converted values by column name."""
 
-    file: str
     line_no: int
     values: dict[str, Any]
+    file: str = "<input>"
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
@@ -205,7 +205,7 @@ def parse_line(raw: bytes, schema: Schema, *, file: str, line_no: int) -> Row:
             values[column_def.name] = column_def.convert(field_text)
         except ValueError as exc:
             raise TableError(file, line_no, position, f"{column_def.name}: {exc}") from None
-    return Row(file, line_no, values)
+    return Row(line_no, values, file)
 
 
 def _strip_newline(raw: bytes) -> bytes:
