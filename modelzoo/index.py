@@ -23,8 +23,8 @@ An entry has either ``uri`` or ``files`` whose items all carry a ``uri`` (each f
 a path), ``files`` items without ``uri`` list optional per-file checksums used by ``verify``.
 Relative local paths in a user index are relative to the index file.
 
-The index shipped with the package is read first; ``EASYNLP_MODELZOO_INDEX`` names one more (a path or a
-URI, same schema) whose entries override shipped ones of the same name.
+The index shipped with the package is read first; ``EASYNLP_MODELZOO_INDEX`` names more (paths or URIs,
+same schema, several separated by ``;``) whose entries override earlier ones of the same name.
 """
 
 from __future__ import annotations
@@ -283,8 +283,7 @@ def load_registry(cache_dir: Path, offline: bool) -> Registry:
     registry = Registry()
     registry.entries.update(_load_local(SHIPPED_INDEX, str(SHIPPED_INDEX)))
     registry.sources.append(str(SHIPPED_INDEX))
-    extra = os.environ.get("EASYNLP_MODELZOO_INDEX", "").strip()
-    if extra:
+    for extra in filter(None, (x.strip() for x in os.environ.get("EASYNLP_MODELZOO_INDEX", "").split(";"))):
         if is_remote(extra):
             registry.entries.update(_load_remote(extra, cache_dir, offline))
             registry.sources.append(redact(extra))

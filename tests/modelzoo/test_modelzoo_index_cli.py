@@ -67,9 +67,10 @@ def test_user_index_overrides_and_relative_paths(zoo, tmp_path, monkeypatch):
     ckpt.mkdir(parents=True)
     index = write_index(tmp_path / "idx.json", {"artist-base-zh": {"uri": "models/local-ckpt",
                                                                    "description": "mine"}})
-    monkeypatch.setenv("EASYNLP_MODELZOO_INDEX", str(index))
+    second = write_index(tmp_path / "second.json", {"extra-model": {"uri": str(ckpt)}})
+    monkeypatch.setenv("EASYNLP_MODELZOO_INDEX", f"{index}; {second}")
     assert modelzoo.get_entry("artist-base-zh").description == "mine"
-    assert modelzoo.resolve("artist-base-zh") == ckpt
+    assert modelzoo.resolve("artist-base-zh") == ckpt == modelzoo.resolve("extra-model")
     assert "alibaba-pai/pai-painter-base-zh" in {e.name for e in modelzoo.list_models()}
 
 
