@@ -142,3 +142,18 @@ def test_constructor_validates():
         store.vectors_for([0, 4])
     with pytest.raises(FileNotFoundError, match="no entities.safetensors"):
         EntityStore.load("/nonexistent-dir")
+
+
+def test_our_format_corrupt_files(tmp_path):
+    d = tmp_path / "e"
+    _ours(d, ["南京"], [0])
+    (d / "entity_names.txt").write_bytes(b"\xff\n")
+    with pytest.raises(EntityFileError, match="invalid UTF-8") as info:
+        EntityStore.from_dir(d)
+    assert (info.value.line, info.value.column) == (1, 1)
+    save_file({"vectors": torch.zeros(2, 2), "ids": torch.zeros(1)}, d / "entities.safetensors")
+    with pytest.raises(EntityFileError, match="'ids' must be a 1-D integer tensor"):
+        EntityStore.from_dir(d)
+    (d / "entities.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(EntityFileError, match="cannot read safetensors"):
+        EntityStore.from_dir(d)

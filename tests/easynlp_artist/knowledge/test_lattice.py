@@ -192,3 +192,16 @@ def test_config_and_lattice_validation():
         LatticeConfig(text_len=0)
     with pytest.raises(ValueError, match=r"span \[2, 2\)"):
         Lattice(3, (1,), (2,), (2,))
+
+
+def test_matcher_and_config_limits():
+    with pytest.raises(ValueError, match="entity id 2147483648 of 'ab' is outside"):
+        LexiconMatcher([("ab", 2**31)])
+    with pytest.raises(ValueError, match="longer than 65535 characters"):
+        LexiconMatcher([("a" * 70000, 1)])
+    with pytest.raises(ValueError, match="min_chars must be >= 1"):
+        LatticeConfig(min_chars=0)
+    with pytest.raises(ValueError, match="entity_num must be >= 0"):
+        LatticeConfig(entity_num=-1)
+    matcher = LexiconMatcher([("南京", 5)])
+    assert matcher.spans("在南京") == [(1, 3, 5)] and matcher.matches("在南京") == [Match(1, 3, 5)]
