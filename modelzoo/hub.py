@@ -173,6 +173,9 @@ def install(entry: ModelEntry, cache: Cache, *, offline: bool = False, force: bo
         return dest
     sources = [entry.uri] if entry.uri else [f.uri for f in entry.files]
     if offline and any(is_remote(uri) for uri in sources if uri):
+        if force:
+            raise ModelZooError(f"model {entry.display}: cannot download again in offline mode "
+                                "(EASYNLP_MODELZOO_OFFLINE=1)")
         if read_meta(dest) is not None:
             warnings.warn(f"offline mode: using the cached copy of {entry.display} at {dest}, which was "
                           "installed from a different index entry (URI or sha256 changed)", stacklevel=3)

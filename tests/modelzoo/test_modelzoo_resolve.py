@@ -310,3 +310,16 @@ def test_resume_never_splices_two_versions(zoo, served, tmp_path):
     assert result.resumed_from == 0 and part.read_bytes() == new.read_bytes() != old
     assert [g.range for g in served.gets("v.bin")] == [None, "bytes=50000-"]
     assert served.gets("v.bin")[1].status == 200, "If-Range mismatch: the server sends the whole object"
+
+
+def test_offline_uses_stale_copy_with_warning_and_refuses_force(zoo, served, tmp_path, monkeypatch):
+    from modelzoo.cli import main
+
+    uri, archive = _serve_tgz(served)
+    _register(tmp_path, monkeypatch, {"org/tiny": {"uri": uri, "sha256": sha256(archive)}})
+    path = modelzoo.resolve("org/tiny")
+    _register(tmp_path, monkeypatch, {"org/tiny": {"uri": uri, "sha256": "1" * 64}})  # a newer release
+    with pytest.warns(UserWarning, match="different index entry"):
+        assert modelzoo.resolve("org/tiny", offline=True) == path
+    assert main(["--offline", "download", "--force", "org/tiny"]) == 1
+    assert len(served.gets("ckpt.tgz")) == 1
