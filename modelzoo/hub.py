@@ -251,10 +251,10 @@ def _download_and_install(entry: ModelEntry, cache: Cache, dest: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f"{entry_cache_key(entry)}.staging.", dir=staging_parent))
     downloads: dict[str, str] = {}
     known: dict[str, str] = {}  # digests of installed files computed while downloading them
+    parts_to_remove: list[Path] = []
     try:
         content = staging / "content"
         content.mkdir()
-        parts_to_remove = []
         if entry.kind in ("archive", "file"):
             assert entry.uri is not None
             source = local_path(entry.uri) if not is_remote(entry.uri) else None
@@ -313,9 +313,9 @@ def _download_and_install(entry: ModelEntry, cache: Cache, dest: Path) -> None:
         meta_tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
         os.replace(meta_tmp, root / META_NAME)
         _swap_in(root, dest, staging)
-        for part in parts_to_remove:
-            part.unlink(missing_ok=True)
     finally:
+        for part in parts_to_remove:  # verified archives: installed, or refused (e.g. unsafe members)
+            part.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
 
 
