@@ -20,8 +20,11 @@ Pipeline for one text (``LatticeBuilder``):
 4. **Align** character spans to tokens with the fast tokenizer's offsets. ``alignment="strict"`` (default)
    keeps a match only if it starts where a token starts and ends where a token ends — the original
    matched whole tokens, so for Chinese (one token per character) nothing changes; "phone" inside the
-   single token "iphone" is dropped. ``alignment="expand"`` instead widens the match to every token it
-   overlaps. Matches not aligned are counted in ``LatticeStats.unaligned``.
+   single token "iphone" is dropped, while "iphone12" over "iphone" + "##12" is kept (the original,
+   joining token strings, could not match across word pieces). Any token boundary counts, so "40" in
+   "p40" ("p" + "##40") is kept; the jieba filter can remove such fragments. ``alignment="expand"`` instead
+   widens the match to every token it overlaps. Matches not aligned are counted in
+   ``LatticeStats.unaligned``.
 5. **Truncate and choose**: with ``text_len`` tokens kept, an entity must lie wholly inside them;
    others are dropped and counted (``past_text_len``). At most ``entity_num`` entities per text are kept,
    chosen by ``priority``: ``"longest"`` (default: more tokens first, then earlier start, then smaller
