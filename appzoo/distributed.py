@@ -152,8 +152,10 @@ def _predict_rows(rows: Iterable[Row], predict_batch_fn: Callable[[list[Row]], l
             count += 1
         batch.clear()
 
+    # whole batches are dealt out (batch j to rank j % world), so every batch holds the same rows
+    # as in a one-process run and batched models give the same numbers
     for index, row in enumerate(rows):
-        if index % world != rank:
+        if (index // batch_size) % world != rank:
             continue
         batch.append(row)
         if len(batch) == batch_size:
@@ -167,8 +169,10 @@ def run_sharded_predict(rows: Iterable[Row], predict_batch_fn: Callable[[list[Ro
                         output_path: str, batch_size: int, header: Sequence[str] | None = None) -> int:
     """Predict every row exactly once across all processes and write one output table in input order.
 
-    Row ``i`` is handled by rank ``i % world``; each rank writes its results to a part file beside
-    the output, and after all ranks succeeded rank 0 interleaves the parts back into input order
+    Rows are cut into batches of ``batch_size`` in input order and batch ``j`` is handled by rank
+    ``j % world`` — each batch has the same rows as in a one-process run, so the outputs match it
+    exactly. Each rank writes its results to a part file beside the output, and after all ranks
+    succeeded rank 0 interleaves the parts (a batch at a time) back into input order
     and publishes the output atomically. If any rank fails, every rank raises and nothing is
     published. Returns the number of data rows in the output (on every rank).
     """
@@ -195,7 +199,7 @@ def run_sharded_predict(rows: Iterable[Row], predict_batch_fn: Callable[[list[Ro
     merge_error: BaseException | None = None
     if not failed and rank == 0:
         try:
-            total = _merge_parts(parts, output_path, header)
+            total = _merge_parts(parts, output_path, header, batch_size)
         except Exception as exc:  # reported to every rank below, then re-raised
             merge_error = exc
     merge_failed, total = all_reduce_sum([1.0 if merge_error is not None else 0.0, float(total)])
@@ -212,7 +216,7 @@ def run_sharded_predict(rows: Iterable[Row], predict_batch_fn: Callable[[list[Ro
     return int(total)
 
 
-def _merge_parts(parts: list[Path], output_path: str, header: Sequence[str] | None) -> int:
+def _merge_parts(parts: list[Path], output_path: str, header: Sequence[str] | None, batch_size: int) -> int:
     handles = [open(p, "rb") for p in parts]
     try:
         with AtomicWriter(output_path) as out:
@@ -220,7 +224,7 @@ def _merge_parts(parts: list[Path], output_path: str, header: Sequence[str] | No
                 out.write_row(list(header))
             written = 0
             while True:
-                line = handles[written % len(handles)].readline()
+                line = handles[(written // batch_size) % len(handles)].readline()
                 if not line:
                     break
                 out.write_line(line.decode("utf-8").rstrip("\n"))

@@ -5,8 +5,20 @@
     >>> pipe("一个番茄").images[0]
 """
 
-from easynlp_artist.configuration import ArtistConfig
-from easynlp_artist.modeling import ArtistModel
-from easynlp_artist.pipeline import ArtistPipeline, ArtistPipelineOutput
+import importlib
 
-__all__ = ["ArtistConfig", "ArtistModel", "ArtistPipeline", "ArtistPipelineOutput"]
+_EXPORTS = {
+    "ArtistConfig": "easynlp_artist.configuration",
+    "ArtistModel": "easynlp_artist.modeling",
+    "ArtistPipeline": "easynlp_artist.pipeline",
+    "ArtistPipelineOutput": "easynlp_artist.pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # imported on first use, so `python -m easynlp_artist.<module>` does not import the module twice
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'easynlp_artist' has no attribute {name!r}")

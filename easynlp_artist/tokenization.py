@@ -76,3 +76,37 @@ def encode_texts(tokenizer: BertTokenizerFast, texts: Sequence[str], text_len: i
         offsets.append([tuple(o) for o in offs[:n]])
         truncated.append(len(row) > text_len)
     return EncodedText(ids, lengths, offsets, truncated)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m easynlp_artist.tokenization --out vocab.txt TABLE[:COLUMN] ...``: a character
+    vocabulary covering the texts of tab-separated files (column 2 by default, 1-based)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m easynlp_artist.tokenization", description=main.__doc__)
+    p.add_argument("--out", required=True, help="vocab.txt to write")
+    p.add_argument("--skip_first_line", action="store_true", help="every file has a header line")
+    p.add_argument("tables", nargs="+", help="FILE or FILE:COLUMN (1-based column of the text)")
+    args = p.parse_args(argv)
+    chars: list[str] = []
+    for spec in args.tables:
+        path, _, col = spec.rpartition(":") if spec.rpartition(":")[2].isdigit() else (spec, "", "2")
+        column = int(col) - 1
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if args.skip_first_line and line_no == 1:
+                    continue
+                fields = line.rstrip("\r\n").split("\t")
+                if column >= len(fields):
+                    raise SystemExit(f"{path}:{line_no}: no column {column + 1} (found {len(fields)})")
+                chars.extend(fields[column])
+    vocab = char_vocab(chars)
+    tmp = f"{args.out}.tmp"
+    write_vocab(vocab, tmp)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}: {len(vocab)} tokens")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

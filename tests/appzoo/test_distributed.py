@@ -85,10 +85,10 @@ def test_failure_on_one_rank_publishes_nothing(toy_env, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tsv"]
 
 
-@pytest.mark.parametrize("fail_on", ["", "r5"])
+@pytest.mark.parametrize("fail_on", ["", "r3"])
 def test_sharded_predict_probe_every_rank_agrees(toy_env, tmp_path, fail_on):
-    """Rows 0..6 over 2 ranks, batch 2 (uneven shards); with fail_on=r5 rank 1 fails and rank 0 must
-    raise too, with no output published."""
+    """Rows 0..6 over 2 ranks, batch 2 (batches r0-r1, r4-r5 on rank 0; r2-r3, r6 on rank 1); with
+    fail_on=r3 rank 1 fails and rank 0 must raise too, with no output published."""
     table = tmp_path / "in.tsv"
     table.write_text("".join(f"r{i}\n" for i in range(7)))
     out = tmp_path / "out.tsv"
@@ -104,7 +104,7 @@ def test_sharded_predict_probe_every_rank_agrees(toy_env, tmp_path, fail_on):
         assert outcomes == ["ok 7", "ok 7"]
         assert out.read_text() == "".join(f"R{i}\n" for i in range(7))
     else:
-        assert outcomes[1] == "ValueError: cannot handle r5"
+        assert outcomes[1] == "ValueError: cannot handle r3"
         assert outcomes[0] == "ShardedPredictError: sharded predict failed in another process; no output was written"
         assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.tsv", "reports"] + ([] if fail_on else ["out.tsv"]))

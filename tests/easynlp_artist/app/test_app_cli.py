@@ -203,3 +203,17 @@ def test_entities_found_on_the_fly_match_the_store(trained):
     tok = load_tokenizer(root / "gpt" / "last")
     ids, know = pipe.encode_prompts(["一个番茄和柠檬"])
     assert know.mask.sum().item() == 2 and ids.shape == (1, 8) and tok.pad_token_id == 0
+
+
+def test_two_process_predict_equals_one_process(trained, tmp_path):
+    """--worker_gpu=2 runs two real processes (torchrun, gloo on CPU); same seeds → the same table."""
+    root, w = trained
+    common = ["--app_name=text2image_artist", "--mode=predict", f"--tables={w['test']}",
+              f"--checkpoint_dir={root / 'gpt'}", "--micro_batch_size=2",
+              "--user_defined_parameters=max_generated_num=2 top_k=5 seed=9"]
+    one, two = tmp_path / "one.tsv", tmp_path / "two.tsv"
+    assert easynlp([*common, f"--outputs={one}"]) == 0
+    proc = run_cli(*common, f"--outputs={two}", "--worker_gpu=2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert two.read_text(encoding="utf-8") == one.read_text(encoding="utf-8")
+    assert len(one.read_text(encoding="utf-8").splitlines()) == 5
