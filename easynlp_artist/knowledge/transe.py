@@ -41,6 +41,9 @@ class TransEConfig:
     num_negatives: int = 1  # negative samples per positive triple
     test_ratio: float = 0.1  # share of triples held out for link prediction
     seed: int = 0
+    # after measuring on the held-out split, train again on every triple and return those vectors
+    # (a fact held out for the metrics is then not missing from the entity's vector)
+    refit_on_all: bool = False
 
     def __post_init__(self) -> None:
         if self.dim <= 0 or self.epochs <= 0 or self.batch_size <= 0 or self.num_negatives <= 0:
@@ -103,23 +106,28 @@ def train_transe(
     cfg = config or TransEConfig()
     factory = TriplesFactory.from_labeled_triples(np.asarray(triples, dtype=str))
     train, test = factory.split([1.0 - cfg.test_ratio, cfg.test_ratio], random_state=cfg.seed)
-    result = pipeline(
-        training=train,
-        testing=test,
-        model="TransE",
-        model_kwargs={"embedding_dim": cfg.dim},
-        optimizer="Adam",
-        optimizer_kwargs={"lr": cfg.learning_rate},
-        training_loop="sLCWA",
-        negative_sampler_kwargs={"num_negs_per_pos": cfg.num_negatives},
-        training_kwargs={"num_epochs": cfg.epochs, "batch_size": cfg.batch_size, "use_tqdm": False},
-        evaluation_kwargs={"use_tqdm": False, "batch_size": cfg.batch_size},
-        random_seed=cfg.seed,
-        device="cpu",
-    )
+
+    def fit(training, testing):
+        return pipeline(
+            training=training,
+            testing=testing,
+            model="TransE",
+            model_kwargs={"embedding_dim": cfg.dim},
+            optimizer="Adam",
+            optimizer_kwargs={"lr": cfg.learning_rate},
+            training_loop="sLCWA",
+            negative_sampler_kwargs={"num_negs_per_pos": cfg.num_negatives},
+            training_kwargs={"num_epochs": cfg.epochs, "batch_size": cfg.batch_size, "use_tqdm": False},
+            evaluation_kwargs={"use_tqdm": False, "batch_size": cfg.batch_size},
+            random_seed=cfg.seed,
+            device="cpu",
+        )
+
+    result = fit(train, test)
     metrics = result.metric_results
+    final = fit(factory, test) if cfg.refit_on_all else result
     with torch.no_grad():
-        vectors = result.model.entity_representations[0](indices=None).detach().cpu().float()  # (N, D)
+        vectors = final.model.entity_representations[0](indices=None).detach().cpu().float()  # (N, D)
     names = sorted(factory.entity_to_id, key=factory.entity_to_id.__getitem__)
     store = EntityStore(names, [factory.entity_to_id[n] for n in names], vectors, source="transe")
     random_mrr, random_hits = random_ranking_metrics(factory.num_entities)
@@ -163,11 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
     for name in ("learning_rate", "test_ratio"):
         p.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
+    p.add_argument("--refit_on_all", action="store_true",
+                   help="write vectors trained on every triple (the metrics still come from the held-out split)")
     args = p.parse_args(argv)
     try:
         config = TransEConfig(
             dim=args.dim, epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
             num_negatives=args.num_negatives, test_ratio=args.test_ratio, seed=args.seed,
+            refit_on_all=args.refit_on_all,
         )
         metrics = train_transe_files(args.triples, args.output_dir, config, args.skip_first_line)
     except (OSError, ValueError) as e:

@@ -61,3 +61,15 @@ def test_read_triples_empty_and_cli_error(tmp_path, capsys):
     assert "no triples" in capsys.readouterr().err
     with pytest.raises(ValueError, match="test_ratio"):
         TransEConfig(test_ratio=1.0)
+
+
+def test_refit_on_all_keeps_the_metrics_and_retrains_the_vectors(tmp_path):
+    rows = [f"城市{c}_{k}\t{r}\t国家{c}" for c in range(4) for k in range(3) for r in ("located_in", "near")]
+    path = tmp_path / "triples.tsv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    base = dict(dim=8, epochs=5, learning_rate=0.05, batch_size=8, test_ratio=0.2)
+    split = train_transe_files(path, tmp_path / "split", TransEConfig(**base))
+    refit = train_transe_files(path, tmp_path / "all", TransEConfig(**base, refit_on_all=True))
+    assert refit.mrr == pytest.approx(split.mrr) and refit.num_test == split.num_test
+    a, b = EntityStore.from_dir(tmp_path / "split"), EntityStore.from_dir(tmp_path / "all")
+    assert a.names == b.names and not torch.equal(a.vectors, b.vectors)
