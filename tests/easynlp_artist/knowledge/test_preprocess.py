@@ -98,3 +98,26 @@ def test_cli(tmp_path, entity_files, vocab_path, capsys):
     assert f"{id_path}:2:4: entity id must be a non-negative integer" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(argv)
+
+
+@pytest.mark.parametrize("text_len, entity_num, priority", [(32, 10, "longest"), (5, 2, "longest"), (6, 3, "position")])
+def test_preprocessed_table_gives_the_same_batch_as_building_on_the_fly(tmp_path, builder, text_len, entity_num, priority):
+    src, out = tmp_path / "in.tsv", tmp_path / "out.tsv"
+    src.write_text(INPUT + "5\t天安门广场上海南京市长江大桥华为\n", encoding="utf-8")
+    preprocess_table(src, out, builder, progress=False)
+    rows = list(read_knowledge_table(out))
+    from easynlp_artist.knowledge.lattice import LatticeConfig, LatticeStats
+
+    fly = LatticeBuilder(builder.store, builder.tokenizer, LatticeConfig(text_len=text_len, entity_num=entity_num, priority=priority))
+    _, live, live_stats = fly.build([r.text for r in rows])
+    stats = LatticeStats()
+    read = knowledge_from_lattices(
+        [r.lattice for r in rows], builder.store, text_len=text_len, entity_num=entity_num, priority=priority, stats=stats
+    )
+    for name in ("vectors", "starts", "ends", "mask"):
+        assert torch.equal(getattr(read, name), getattr(live, name)), name
+    assert (stats.kept, stats.past_text_len, stats.over_entity_num) == (
+        live_stats.kept, live_stats.past_text_len, live_stats.over_entity_num
+    )
+    if text_len < 32:  # the short settings really drop entities, so the counts are compared, not just zeros
+        assert stats.past_text_len > 0 and stats.over_entity_num > 0
