@@ -92,9 +92,12 @@ class ArtistModel(nn.Module):
 
     # ---- checkpoints -----------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | os.PathLike, *, original_layout: bool = False) -> Path:
+    def save_pretrained(
+        self, directory: str | os.PathLike, *, original_layout: bool = False, dtype: torch.dtype | None = None
+    ) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (or, with ``original_layout``, the release's
-        flat ``config.json`` + ``pytorch_model.bin``). Each file is written atomically."""
+        flat ``config.json`` + ``pytorch_model.bin``). Each file is written atomically. ``dtype``
+        (e.g. ``torch.float16``) stores floating-point weights smaller; loading upcasts them."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         if original_layout:
@@ -104,7 +107,10 @@ class ArtistModel(nn.Module):
             config = self.config.to_original()
             write_atomic(out / ORIGINAL_WEIGHTS_FILE, lambda p: torch.save(state, p))
         else:
-            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+            state = {
+                k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+                for k, v in self.state_dict().items()
+            }
             config = self.config.to_dict()
             write_atomic(out / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
         text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"

@@ -102,9 +102,10 @@ class ArtistPipeline:
             lattice_config = LatticeConfig(**json.loads((directory / LATTICE_CONFIG_FILE).read_text("utf-8")))
         return cls(model, tokenizer, entities, lattice_config)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Model weights and config, ``vocab.txt``, and the entity store when there is one."""
-        out = self.model.save_pretrained(directory)
+    def save_pretrained(self, directory: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
+        """Model weights and config, ``vocab.txt``, and the entity store when there is one.
+        ``dtype=torch.float16`` halves the weights file (they are upcast again on loading)."""
+        out = self.model.save_pretrained(directory, dtype=dtype)
         vocab = "".join(t + "\n" for t, _ in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
         write_atomic(out / VOCAB_FILE, lambda p: Path(p).write_text(vocab, encoding="utf-8"))
         if self.entities is not None:

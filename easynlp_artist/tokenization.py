@@ -24,9 +24,24 @@ def load_tokenizer(path: str | os.PathLike) -> BertTokenizerFast:
     vocab = os.path.join(path, VOCAB_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(vocab):
         raise FileNotFoundError(f"no tokenizer vocabulary at {vocab}")
-    tok = BertTokenizerFast(vocab_file=vocab, do_lower_case=True, tokenize_chinese_chars=True)
-    if tok.pad_token_id != 0:
-        raise ValueError(f"{vocab}: [PAD] must be the first entry (id 0), found id {tok.pad_token_id}")
+    tokens: dict[str, int] = {}
+    with open(vocab, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            token = line.rstrip("\r\n")
+            if not token:
+                raise ValueError(f"{vocab}, line {line_no}: empty token")
+            if token in tokens:
+                raise ValueError(f"{vocab}, line {line_no}: token {token!r} repeats line {tokens[token] + 1}")
+            tokens[token] = line_no - 1
+    if tokens.get("[PAD]") != 0:
+        raise ValueError(f"{vocab}: [PAD] must be the first entry (id 0), found id {tokens.get('[PAD]')}")
+    missing = [t for t in SPECIAL_TOKENS if t not in tokens]
+    if missing:
+        raise ValueError(f"{vocab}: missing special tokens {', '.join(missing)}")
+    # the vocabulary is passed as a mapping: transformers 5 ignores a ``vocab_file`` argument here
+    tok = BertTokenizerFast(vocab=tokens, do_lower_case=True, tokenize_chinese_chars=True)
+    if len(tok) != len(tokens):
+        raise ValueError(f"{vocab}: the tokenizer holds {len(tok)} tokens, the file {len(tokens)}")
     return tok
 
 

@@ -127,3 +127,14 @@ def test_original_layout_refuses_foreign_keys(tmp_path):
     torch.save(state, tmp_path / "pytorch_model.bin")
     with pytest.raises(ValueError, match=r"(?s)pytorch_model.bin: .*missing keys: blocks.0.attn.query.bias"):
         ArtistModel.from_pretrained(tmp_path, vqgan=VQGANConfig(**TINY_VQGAN))
+
+
+def test_half_precision_checkpoint_loads_as_float32(tmp_path):
+    model = randomize_(ArtistModel(tiny_artist_config())).eval()
+    model.save_pretrained(tmp_path, dtype=torch.float16)
+    assert load_file(tmp_path / "model.safetensors")["gpt.head.weight"].dtype == torch.float16
+    loaded = ArtistModel.from_pretrained(tmp_path)
+    for k, v in model.state_dict().items():
+        w = loaded.state_dict()[k]
+        assert w.dtype == v.dtype, k
+        torch.testing.assert_close(w, v.half().to(v.dtype) if v.is_floating_point() else v)
