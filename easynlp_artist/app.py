@@ -60,7 +60,12 @@ from easynlp_artist.knowledge.entities import EntityStore
 from easynlp_artist.knowledge.lattice import COLUMNS as KNOWLEDGE_COLUMNS
 from easynlp_artist.knowledge.lattice import Lattice, LatticeConfig
 from easynlp_artist.modeling import ArtistModel
-from easynlp_artist.models.stage1.losses import VQGANLossConfig, build_discriminator, vqgan_training_step
+from easynlp_artist.models.stage1.losses import (
+    DeadCodeRestarter,
+    VQGANLossConfig,
+    build_discriminator,
+    vqgan_training_step,
+)
 from easynlp_artist.models.stage1.vqgan import VQGAN, VQGANConfig, images_to_uint8
 from easynlp_artist.models.stage2.gpt import ArtistGPT
 from easynlp_artist.models.stage2.sampling import SamplingConfig
@@ -104,6 +109,7 @@ class ArtistParams:
     disc_weight: float = 0.8
     rec_loss: Literal["l1", "l2"] = "l1"
     disc_layers: int | None = None  # patch discriminator depth (default: 3, fewer for small images)
+    restart_dead_codes: int = 0  # every N steps, move codes unused since the last check onto latents (0: off)
     # ---- knowledge
     entity_emb_path: str | None = None  # entity2vec.pt, or a folder with an entity store
     entity_map: str | None = None  # entity2id.txt for entity2vec.pt
@@ -274,12 +280,13 @@ class Stage1Objective(nn.Module):
     checkpoint) so the discriminator starts after ``disc_start`` optimizer steps, also on resume.
     """
 
-    def __init__(self, vqgan: VQGAN, loss_cfg: VQGANLossConfig, accumulation: int) -> None:
+    def __init__(self, vqgan: VQGAN, loss_cfg: VQGANLossConfig, accumulation: int, restart_every: int = 0) -> None:
         super().__init__()
         self.vqgan = vqgan
         self.discriminator = build_discriminator(loss_cfg, vqgan.config.in_channels)
         self.loss_cfg = loss_cfg
         self.accumulation = accumulation
+        self.restarter = DeadCodeRestarter(vqgan.config.n_embed, restart_every) if restart_every else None
         self.register_buffer("micro_steps", torch.zeros((), dtype=torch.long))
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -287,6 +294,9 @@ class Stage1Objective(nn.Module):
         out = vqgan_training_step(self.vqgan, self.discriminator, batch["images"], step, self.loss_cfg)
         if self.training:
             self.micro_steps += 1
+            if self.restarter is not None:
+                # runs before this step's update; the straight-through graph is already built
+                self.restarter.update(self.vqgan.codebook.data, out["latents"], out["codes"])
         loss = out["loss"] + (out["d_loss"] if out["disc_active"] else 0.0)
         logs = {k: float(out[k]) for k in ("rec", "codebook", "g_adv", "d", "codebook_usage")}
         return loss, logs
@@ -417,7 +427,8 @@ class Text2ImageArtistApp(BaseApp):
         layers = params.disc_layers or max(1, min(3, int(math.log2(res / 3))))
         loss_cfg = VQGANLossConfig(rec_loss=params.rec_loss, disc_start=params.disc_start,
                                    disc_weight=params.disc_weight, disc_layers=layers)
-        objective = Stage1Objective(pipe.model.vqgan, loss_cfg, args.gradient_accumulation_steps)
+        objective = Stage1Objective(pipe.model.vqgan, loss_cfg, args.gradient_accumulation_steps,
+                                    params.restart_dead_codes)
 
         def save(_: nn.Module, directory: Path) -> None:
             pipe.save_pretrained(directory)

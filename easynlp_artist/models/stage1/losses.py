@@ -185,12 +185,16 @@ def vqgan_training_step(
     - ``"d_loss"``: discriminator loss tensor; back-propagate it only when ``"disc_active"`` is True
       (before ``disc_start``, or with no discriminator, it is a constant 0 without a graph);
     - floats for logging: ``"rec"``, ``"codebook"``, ``"g_adv"``, ``"d"``, ``"disc_weight"``
-      (the lambda used, 0 when inactive), ``"codebook_usage"``; and ``"disc_active"`` (bool).
+      (the lambda used, 0 when inactive), ``"codebook_usage"``; and ``"disc_active"`` (bool);
+    - ``"latents"`` (B, embed_dim, h, w) and ``"codes"`` (B, h * w), detached, for
+      :class:`DeadCodeRestarter`.
 
     Outside autograd (``torch.no_grad()``, e.g. validation) the adaptive weight cannot be computed
     and the fixed ``disc_weight`` is used.
     """
-    reconstruction, codebook_loss, codes = model(images)
+    latents = model.encode_latents(images)
+    quantized, codebook_loss, codes = model.quantize(latents)
+    reconstruction = model.decode_latents(quantized)
     rec = reconstruction_loss(images, reconstruction, loss_cfg.rec_loss)
     nll = loss_cfg.rec_weight * rec
     loss = nll + loss_cfg.codebook_weight * codebook_loss
@@ -218,4 +222,50 @@ def vqgan_training_step(
         "disc_weight": weight,
         "codebook_usage": model.codebook_usage(codes),
         "disc_active": active,
+        "latents": latents.detach(),
+        "codes": codes,
     }
+
+
+class DeadCodeRestarter(nn.Module):
+    """Against codebook collapse: codes unused for ``every`` training steps restart on encoder outputs.
+
+    Taming has no such remedy; small VQGANs trained from scratch often end up using a handful of
+    codes. Every ``every`` calls of :meth:`update`, each code that was not chosen since the last
+    check is moved onto a randomly picked latent vector of the current batch (plus a little noise
+    so restarted codes differ). The usage counts are buffers, so a resumed run continues exactly.
+    With a process group, counts are summed over ranks and rank 0's picks are broadcast, so every
+    rank keeps the same codebook.
+    """
+
+    def __init__(self, n_embed: int, every: int) -> None:
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every = every
+        self.register_buffer("counts", torch.zeros(n_embed, dtype=torch.long))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, codebook: torch.Tensor, latents: torch.Tensor, codes: torch.Tensor) -> int:
+        """Count ``codes`` (B, N); every ``every`` calls restart the dead codes. Returns how many."""
+        import torch.distributed as dist
+
+        self.counts += torch.bincount(codes.flatten(), minlength=self.counts.numel()).to(self.counts.device)
+        self.calls += 1
+        if int(self.calls) % self.every:
+            return 0
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if distributed:
+            dist.all_reduce(self.counts)
+        dead = (self.counts == 0).nonzero().flatten()
+        self.counts.zero_()
+        if len(dead) == 0:
+            return 0
+        flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])  # (B*h*w, D)
+        picks = flat[torch.randint(0, flat.shape[0], (len(dead),), device=flat.device)]
+        picks = picks + 0.01 * picks.std() * torch.randn_like(picks)
+        if distributed:
+            dist.broadcast(picks, src=0)
+        codebook[dead.to(codebook.device)] = picks.to(codebook.dtype)
+        return len(dead)
