@@ -53,6 +53,7 @@ from easynlp_artist.data import (
     Stage2Collate,
     TextEncoder,
     cached_codes,
+    row_image,
     stack_images,
 )
 from easynlp_artist.knowledge._io import atomic_path
@@ -506,27 +507,25 @@ class Text2ImageArtistApp(BaseApp):
         # a TorchScript file runs code: only point this at extractors you trust
         extractor = torch.jit.load(params.fid_feature_extractor, map_location="cpu").eval()
 
+        res = pipe.model.config.vqgan.resolution
+
         class Features(nn.Module):
+            """torchmetrics hands uint8 (B, 3, H, W); the extractor takes floats in [0, 1]."""
+
             def __init__(self) -> None:
                 super().__init__()
                 self.net = extractor
+                with torch.no_grad():
+                    self.num_features = int(extractor(torch.zeros(1, 3, res, res)).shape[-1])
 
-            def forward(self, x: torch.Tensor) -> torch.Tensor:  # uint8 (B,3,H,W) from torchmetrics
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
                 return self.net(x.float() / 255.0)
 
-        features = Features()
-        with torch.no_grad():
-            res = pipe.model.config.vqgan.resolution
-            dim = features(torch.zeros(1, 3, res, res, dtype=torch.uint8)).shape[-1]
-        fid = FrechetInceptionDistance(feature=features, normalize=False, reset_real_features=True)
-        fid.num_features = dim
+        fid = FrechetInceptionDistance(feature=Features(), normalize=False, reset_real_features=True)
         n = len(table) if params.fid_num_images == 0 else min(params.fid_num_images, len(table))
         encoder = _text_encoder(pipe, params)
-        res = pipe.model.config.vqgan.resolution
         for start in range(0, n, args.micro_batch_size):
             rows = [table.row(i) for i in range(start, min(start + args.micro_batch_size, n))]
-            from easynlp_artist.data import row_image
-
             real = torch.stack([row_image(r, image_column, res) for r in rows])
             fid.update(images_to_uint8(real).permute(0, 3, 1, 2), real=True)
             text_ids, know = encoder.encode([str(r[text_column]) for r in rows], rows)
