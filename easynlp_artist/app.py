@@ -53,6 +53,7 @@ from easynlp_artist.data import (
     Stage2Collate,
     TextEncoder,
     cached_codes,
+    local_table,
     row_image,
     stack_images,
 )
@@ -389,11 +390,11 @@ class Text2ImageArtistApp(BaseApp):
         pipe = load_pipeline(args, params, device)
         schema = _schema(args, TRAIN_SCHEMA)
         image_column = _image_column(args, schema)
-        tables = [TableDataset(t, schema, args.skip_first_line) for t in args.tables[:2]]
+        cache_dir = params.code_cache_dir or os.path.join(args.checkpoint_dir, "code_cache")
+        tables = [TableDataset(local_table(t, cache_dir), schema, args.skip_first_line) for t in args.tables[:2]]
         if params.stage == "vqgan":
             return self._train_vqgan(args, params, pipe, tables, image_column, device)
         text_column = _text_column(args, schema)
-        cache_dir = params.code_cache_dir or os.path.join(args.checkpoint_dir, "code_cache")
         datasets = [CodesDataset(t, self._codes(t, image_column, pipe, cache_dir, args, device)) for t in tables]
         for p in pipe.model.vqgan.parameters():
             p.requires_grad_(False)
@@ -449,9 +450,9 @@ class Text2ImageArtistApp(BaseApp):
         device = device_for_rank()
         pipe = load_pipeline(args, params, device)
         schema = _schema(args, TRAIN_SCHEMA)
-        table = TableDataset(args.tables[0], schema, args.skip_first_line)
-        text_column, image_column = _text_column(args, schema), _image_column(args, schema)
         cache_dir = params.code_cache_dir or os.path.join(args.checkpoint_dir, "code_cache")
+        table = TableDataset(local_table(args.tables[0], cache_dir), schema, args.skip_first_line)
+        text_column, image_column = _text_column(args, schema), _image_column(args, schema)
         codes = self._codes(table, image_column, pipe, cache_dir, args, device)
         collate = Stage2Collate(_text_encoder(pipe, params), text_column)
         stage2 = evaluate_loss(Stage2Objective(pipe.model.gpt), CodesDataset(table, codes), collate,

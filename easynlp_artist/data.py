@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from appzoo.tables import Row, TableDataset, decode_image_base64, open_binary
+from appzoo.tables import Row, TableDataset, decode_image_base64, is_remote, open_binary
 from easynlp_artist.knowledge._io import atomic_path
 from easynlp_artist.knowledge.batch import KnowledgeInputs
 from easynlp_artist.knowledge.entities import EntityStore
@@ -68,6 +68,21 @@ def module_digest(module: torch.nn.Module) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def local_table(path: str, cache_dir: str | os.PathLike) -> str:
+    """A local path for a table: itself, or for an object-storage URI a copy downloaded (streamed,
+    atomically) into ``cache_dir``, reused while the object's bytes are unchanged."""
+    if not is_remote(path):
+        return path
+    name = hashlib.sha256(path.encode()).hexdigest()[:16] + "-" + os.path.basename(path.rstrip("/"))
+    target = Path(cache_dir) / "tables" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("downloading %s to %s", path, target)
+    with open_binary(path, "rb") as src, atomic_path(target) as tmp, open(tmp, "wb") as dst:
+        for chunk in iter(lambda: src.read(HASH_CHUNK), b""):
+            dst.write(chunk)
+    return str(target)
 
 
 @torch.no_grad()

@@ -46,13 +46,10 @@ def served(tmp_path: Path):
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 server (moto in server mode) on loopback for the whole session."""
-    from moto.server import ThreadedMotoServer
+    from helpers.servers import moto_s3_server
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_s3_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
