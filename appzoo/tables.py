@@ -25,7 +25,7 @@ import threading
 import urllib.parse
 import urllib.request
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -216,8 +216,13 @@ def _strip_newline(raw: bytes) -> bytes:
     return raw
 
 
-def read_table(path: str | os.PathLike, schema: Schema, skip_first_line: bool = False) -> Iterator[Row]:
-    """Stream the rows of a table (memory does not grow with the number of rows)."""
+def read_table(path: str | os.PathLike, schema: Schema, skip_first_line: bool = False,
+               on_error: Callable[[TableError], None] | None = None) -> Iterator[Row]:
+    """Stream the rows of a table (memory does not grow with the number of rows).
+
+    A malformed row raises :class:`TableError`; with ``on_error`` it is handed to that callback
+    instead (to be recorded as a reject) and reading goes on.
+    """
     name = str(path)
     with open_binary(path, "rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
@@ -228,7 +233,14 @@ def read_table(path: str | os.PathLike, schema: Schema, skip_first_line: bool = 
             raw = _strip_newline(raw)
             if not raw.strip():
                 continue
-            yield parse_line(raw, schema, file=name, line_no=line_no)
+            try:
+                row = parse_line(raw, schema, file=name, line_no=line_no)
+            except TableError as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+                continue
+            yield row
 
 
 class TableDataset:

@@ -44,7 +44,7 @@ from appzoo.distributed import (
     is_main_process,
     run_sharded_predict,
 )
-from appzoo.tables import Row, Schema, TableDataset, encode_image_base64, open_binary, parse_line
+from appzoo.tables import Row, Schema, TableDataset, encode_image_base64, read_table
 from appzoo.trainer import Trainer, TrainerConfig, evaluate_loss
 from easynlp_artist.configuration import ArtistConfig
 from easynlp_artist.data import (
@@ -330,24 +330,19 @@ def _check_knowledge_columns(row: Row) -> None:
 
 def read_rows(path: str, schema: Schema, skip_first_line: bool, rejects: list[tuple[int, str]] | None):
     """Stream rows; a bad row raises (naming file, line, column) or, with ``rejects``, is recorded there."""
-    with open_binary(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if line_no == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
-                if skip_first_line:
-                    continue
-            raw = raw.rstrip(b"\r\n")
-            if not raw.strip():
-                continue
-            try:
-                row = parse_line(raw, schema, file=path, line_no=line_no)
-                _check_knowledge_columns(row)
-            except ValueError as exc:  # TableError and LatticeFormatError both name file and line
-                if rejects is None:
-                    raise
-                rejects.append((line_no, str(exc)))
-                continue
-            yield row
+
+    def reject(exc: ValueError) -> None:
+        if rejects is None:
+            raise exc
+        rejects.append((exc.line, str(exc)))
+
+    for row in read_table(path, schema, skip_first_line, on_error=None if rejects is None else reject):
+        try:
+            _check_knowledge_columns(row)
+        except ValueError as exc:  # LatticeFormatError names file, line and column
+            reject(exc)
+            continue
+        yield row
 
 
 # ---------------------------------------------------------------------------------------------- app

@@ -29,6 +29,7 @@ from easynlp_artist.knowledge.batch import KnowledgeInputs
 from easynlp_artist.models.stage1.vqgan import VQGAN, VQGANConfig
 from easynlp_artist.models.stage2.gpt import ArtistGPT, convert_original, to_original
 from easynlp_artist.models.stage2.sampling import SamplingConfig, sample_image_tokens
+from easynlp_artist.models.state_dicts import mismatches
 from easynlp_artist.tokenization import VOCAB_FILE
 
 CONFIG_FILE = "config.json"
@@ -160,21 +161,7 @@ class ArtistModel(nn.Module):
         return model.to(device=device or "cpu", dtype=dtype).eval()
 
     def _load_checked(self, state: dict[str, torch.Tensor], source: str) -> None:
-        expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        wrong = sorted(
-            f"{k}: file {tuple(state[k].shape)} vs model {expected[k]}"
-            for k in set(state) & set(expected)
-            if tuple(state[k].shape) != expected[k]
-        )
-        problems = []
-        if missing:
-            problems.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:20]))
-        if unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:20]))
-        if wrong:
-            problems.append("wrong shapes: " + "; ".join(wrong[:20]))
+        problems = mismatches(state, {k: tuple(v.shape) for k, v in self.state_dict().items()})
         if problems:
             raise ValueError(f"{source} does not fit config.json:\n  " + "\n  ".join(problems))
         self.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})

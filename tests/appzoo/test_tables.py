@@ -216,3 +216,13 @@ def test_atomic_writer_rejects_tab_newline_and_keeps_old_file(tmp_path, bad):
             out.write_row(["ok", bad])
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.tsv"]
+
+
+def test_read_table_hands_bad_rows_to_on_error(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text("1\ta\n2\n3\tc\n", encoding="utf-8")
+    schema = Schema.parse("idx:str:1,text:str:1")
+    errors = []
+    rows = list(read_table(path, schema, on_error=errors.append))
+    assert [r.line_no for r in rows] == [1, 3]
+    assert len(errors) == 1 and errors[0].line == 2 and "expected 2 tab-separated columns" in str(errors[0])

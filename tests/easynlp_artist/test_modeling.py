@@ -77,7 +77,7 @@ def test_safetensors_that_do_not_fit_are_listed(tmp_path):
     msg = str(e.value)
     assert "missing keys (1): gpt.ln_f.bias" in msg
     assert "unexpected keys (1): gpt.stray" in msg
-    assert "gpt.head.weight: file (3, 16) vs model (24, 16)" in msg
+    assert "gpt.head.weight: checkpoint (3, 16) vs model (24, 16)" in msg
 
 
 def _write_original_checkpoint(directory, cfg, entity_dim=None):
@@ -125,7 +125,7 @@ def test_original_layout_refuses_foreign_keys(tmp_path):
         ArtistModel.from_pretrained(tmp_path, vqgan=VQGANConfig(**TINY_VQGAN))
     del state["cond_stage_model.weight"]
     torch.save(state, tmp_path / "pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"(?s)pytorch_model.bin: .*missing keys: blocks.0.attn.query.bias"):
+    with pytest.raises(ValueError, match=r"(?s)pytorch_model.bin: .*missing keys \(1\): blocks.0.attn.query.bias"):
         ArtistModel.from_pretrained(tmp_path, vqgan=VQGANConfig(**TINY_VQGAN))
 
 

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from easynlp_artist.knowledge.batch import KnowledgeInputs
+from easynlp_artist.models.state_dicts import mismatches
 
 # Keys of the original minGPT checkpoint that carry no weights (a causal-mask buffer per block).
 _ORIGINAL_BUFFER_SUFFIX = ".attn.mask"
@@ -323,21 +324,7 @@ def convert_original(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[str
     """
     prefix = "transformer."
     sd = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
-    expected = original_shapes(config)
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    wrong = sorted(
-        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {expected[k]}"
-        for k in set(sd) & set(expected)
-        if tuple(sd[k].shape) != expected[k]
-    )
-    problems = []
-    if missing:
-        problems.append("missing keys: " + ", ".join(missing))
-    if unexpected:
-        problems.append("unexpected keys: " + ", ".join(unexpected))
-    if wrong:
-        problems.append("wrong shapes: " + "; ".join(wrong))
+    problems = mismatches(sd, original_shapes(config))
     if problems:
         raise ValueError("checkpoint does not fit the GPT config:\n  " + "\n  ".join(problems))
     out: dict[str, torch.Tensor] = {}

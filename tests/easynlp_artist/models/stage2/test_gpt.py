@@ -94,8 +94,8 @@ def test_original_layout_errors_list_every_problem():
     with pytest.raises(ValueError) as e:
         convert_original(raw, cfg)
     msg = str(e.value)
-    assert "missing keys: blocks.1.mlp.0.bias" in msg
-    assert "unexpected keys: extra.weight" in msg
+    assert "missing keys (1): blocks.1.mlp.0.bias" in msg
+    assert "unexpected keys (1): extra.weight" in msg
     assert "head.weight: checkpoint (7, 16)" in msg
 
 
