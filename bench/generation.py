@@ -1,0 +1,329 @@
+"""Text-to-image generation throughput on CPU: the KV-cache sampler against the full-recompute one.
+
+Measures, in one process and under the same load:
+
+* images/s end to end (image-token sampling + VQGAN decode) at each ``--batches`` size, for
+  ``ArtistModel.generate`` (KV cache) and for the original algorithm, the full-recompute sampler
+  (``sample_image_tokens(..., use_cache=False)``: the whole sequence is re-run for every new token)
+  followed by the same VQGAN decode;
+* the same with classifier-free guidance (``guidance_scale > 1``, twice the GPT rows) at the
+  largest batch, cached sampler only, and the process's peak RSS right after it;
+* the GPT's cached decode rate in GFLOP/s at ``--decode-batch`` rows next to the machine's fp32
+  matmul rate, measured between decode steps in the same loop.
+
+The full-recompute sampler costs ~8 TFLOP per image at ARTIST-base, so by default it is timed over
+``--window`` consecutive steps at ``--windows`` positions spread over the image, and the per-step
+times are interpolated linearly over all steps (see ``full_recompute_seconds``); ``--full-batch1``
+also runs it over every step at batch 1 to check that estimate. Weights are random: throughput
+does not depend on their values.
+
+On a machine whose cores are also busy with other jobs, use ``--threads 1`` (or set
+``OMP_WAIT_POLICY=PASSIVE``): otherwise every OpenMP parallel region waits for a descheduled worker
+thread, and the many small per-token operations of cached decoding become several times slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import functools
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+from easynlp_artist.configuration import ArtistConfig
+from easynlp_artist.modeling import ArtistModel
+from easynlp_artist.models.stage1.vqgan import VQGANConfig
+from easynlp_artist.models.stage2.gpt import ArtistGPT, GPTConfig
+from easynlp_artist.models.stage2.sampling import SamplingConfig, sample_image_tokens
+
+MATMUL_SIZE = 2048
+
+
+# ---- machine -------------------------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def describe_machine() -> str:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    wait = os.environ.get("OMP_WAIT_POLICY", "default")
+    return (f"{cpu_name()}, {available_cores()} cores available, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads (OMP_WAIT_POLICY {wait}), load average {load}")
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+
+
+class MatmulProbe:
+    """Times a square fp32 matmul; samples are collected whenever ``sample`` is called."""
+
+    def __init__(self, size: int = MATMUL_SIZE) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.a = torch.randn(size, size, generator=g)
+        self.b = torch.randn(size, size, generator=g)
+        self.out = torch.empty(size, size)
+        self.flop = 2 * size**3
+        self.samples: list[float] = []
+
+    def sample(self, reps: int = 1) -> None:
+        for _ in range(reps):
+            t = time.perf_counter()
+            torch.mm(self.a, self.b, out=self.out)
+            self.samples.append(self.flop / (time.perf_counter() - t) / 1e9)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+# ---- model ---------------------------------------------------------------------------------------
+
+
+def build_config(args: argparse.Namespace) -> ArtistConfig:
+    vqgan = VQGANConfig(
+        resolution=args.resolution, ch=args.vq_ch, ch_mult=tuple(args.vq_ch_mult),
+        attn_resolutions=(args.resolution // 2 ** (len(args.vq_ch_mult) - 1),),
+        z_channels=args.vq_embed_dim, embed_dim=args.vq_embed_dim, n_embed=args.codes,
+        norm_groups=min(32, args.vq_ch),
+    )
+    return ArtistConfig.build(vqgan, text_len=args.text_len, n_layer=args.n_layer, n_head=args.n_head,
+                              n_embd=args.n_embd)
+
+
+def decode_step_flop(cfg: GPTConfig, rows: int, keys: int) -> float:
+    """Matmul FLOPs of one cached decode step (one new position per row attending to ``keys`` keys).
+
+    Per layer: qkv 2·C·3C + output projection 2·C·C + MLP 2·C·4C·2 = 24·C², attention scores
+    q·Kᵀ 2·keys·C and weighted values 2·keys·C; then the head 2·C·img_vocab. Layer norms, GELU,
+    softmax, the embedding gather and sampling are not counted.
+    """
+    c = cfg.n_embd
+    per_row = cfg.n_layer * (24 * c * c + 4 * keys * c) + 2 * c * cfg.img_vocab_size
+    return rows * per_row
+
+
+# ---- the two samplers ----------------------------------------------------------------------------
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def timed(fn):
+    t = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t, result
+
+
+def window_view(gpt: ArtistGPT, end: int) -> ArtistGPT:
+    """The same GPT (shared weights) whose image ends after ``end`` tokens, so that the library's
+    sampler, given the first ``start`` codes as ``image_prefix``, runs exactly steps start..end-1."""
+    view = copy.copy(gpt)
+    view.config = dataclasses.replace(gpt.config, img_len=end)
+    return view
+
+
+def window_starts(img_len: int, window: int, count: int) -> list[int]:
+    last = img_len - window
+    if count <= 1:
+        return [last]
+    return sorted({round(i * last / (count - 1)) for i in range(count)})
+
+
+def full_recompute_seconds(model: ArtistModel, text: torch.Tensor, window: int, count: int,
+                           generator: torch.Generator) -> tuple[float, float, int]:
+    """Time the full-recompute sampler over windows of steps; return (measured seconds, extrapolated
+    seconds for all img_len steps, steps measured).
+
+    Step i (sampling image token i) runs the whole sequence of text_len + i positions once. The
+    per-step mean of each window is placed at the window's centre, interpolated linearly between
+    centres (held flat beyond the first and last centre) and summed over every step.
+    """
+    img_len = model.config.gpt.img_len
+    codes = torch.randint(0, model.config.gpt.img_vocab_size, (text.shape[0], img_len), generator=generator)
+    centres, per_step, measured = [], [], 0.0
+    for start in window_starts(img_len, min(window, img_len), count):
+        end = min(start + window, img_len)
+        prefix = codes[:, :start] if start else None
+        seconds, _ = timed(lambda s=start, e=end, p=prefix: sample_image_tokens(
+            window_view(model.gpt, e), text, image_prefix=p, use_cache=False, generator=generator))
+        centres.append((start + end - 1) / 2)
+        per_step.append(seconds / (end - start))
+        measured += seconds
+    total = sum(_interpolate(centres, per_step, i) for i in range(img_len))
+    steps = sum(min(s + window, img_len) - s for s in window_starts(img_len, min(window, img_len), count))
+    return measured, total, steps
+
+
+def _interpolate(xs: list[float], ys: list[float], x: float) -> float:
+    if x <= xs[0]:
+        return ys[0]
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return ys[-1]
+
+
+# ---- measurements --------------------------------------------------------------------------------
+
+
+def prompts(cfg: GPTConfig, batch: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(1, cfg.text_vocab_size, (batch, cfg.text_len), generator=generator)
+
+
+def decode_gflops(model: ArtistModel, rows: int, probe: MatmulProbe, generator: torch.Generator,
+                  probe_every: int) -> tuple[float, float, float]:
+    """Run the GPT's cached decode over every image position at ``rows`` rows; matmul samples are
+    taken every ``probe_every`` steps, outside the timed steps. Returns (GFLOP, seconds, GFLOP/s)."""
+    cfg = model.config.gpt
+    cache = model.gpt.new_cache(rows)
+    model.gpt.prefill(prompts(cfg, rows, generator), None, cache)
+    ids = torch.randint(0, cfg.img_vocab_size, (rows, 1), generator=generator)
+    flop, seconds = 0.0, 0.0
+    for i in range(cfg.img_len - 1):
+        if i % probe_every == 0:
+            probe.sample(2)
+        keys = cache.length + 1
+        dt, logits = timed(functools.partial(model.gpt.step, ids, cache))
+        ids = logits.argmax(dim=-1, keepdim=True)
+        seconds += dt
+        flop += decode_step_flop(cfg, rows, keys)
+    probe.sample(2)
+    return flop / 1e9, seconds, flop / 1e9 / seconds
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads or available_cores())
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    config = build_config(args)
+    gcfg = config.gpt
+    model = ArtistModel(config).to(getattr(torch, args.dtype)).eval()
+    probe = MatmulProbe(args.matmul_size)
+    print(f"machine: {describe_machine()}")
+    vq = config.vqgan
+    print(f"shape: GPT {gcfg.n_layer} layers x {gcfg.n_embd} wide, {gcfg.n_head} heads, "
+          f"{gcfg.text_len} text + {gcfg.img_len} image tokens; VQGAN {vq.resolution} px, "
+          f"f{vq.downsample_factor}, {vq.n_embed} codes, ch {vq.ch} x {vq.ch_mult}; "
+          f"random {args.dtype} weights")
+
+    with torch.inference_mode():
+        probe.sample(3)
+        # warm-up: a couple of steps of each sampler and one decode (kernel selection, allocator)
+        prefix = torch.randint(0, gcfg.img_vocab_size, (1, gcfg.img_len - 2), generator=gen)
+        model.generate(prompts(gcfg, 1, gen), image_prefix=prefix, generator=gen)
+        sample_image_tokens(model.gpt, prompts(gcfg, 1, gen), image_prefix=prefix, use_cache=False,
+                            generator=gen)
+
+        big = max(args.batches)
+        guided = SamplingConfig(guidance_scale=args.guidance_scale)
+        text = prompts(gcfg, big, gen)
+        t_guided, _ = timed(lambda: model.generate(text, sampling=guided, generator=gen))
+        rss = peak_rss_gb()
+        probe.sample(3)
+        progress(f"batch {big} guided: {t_guided:.1f} s, peak RSS {rss:.2f} GB")
+
+        rows = []
+        for batch in args.batches:
+            text = prompts(gcfg, batch, gen)
+            t_cached, (_, codes) = timed(lambda t=text: model.generate(t, generator=gen))
+            probe.sample(3)
+            t_decode, _ = timed(lambda c=codes: model.vqgan.decode(c))
+            progress(f"batch {batch}: cached {t_cached:.1f} s, VQGAN decode {t_decode:.1f} s")
+            measured, t_full, steps = full_recompute_seconds(model, text, args.window, args.windows, gen)
+            probe.sample(3)
+            rows.append((batch, t_cached, t_decode, measured, steps, t_full))
+            progress(f"batch {batch}: full-recompute windows {measured:.1f} s, extrapolated {t_full:.1f} s")
+
+        check = None
+        if args.full_batch1:
+            text = prompts(gcfg, 1, gen)
+            t_sampler, _ = timed(lambda: sample_image_tokens(model.gpt, text, use_cache=False, generator=gen))
+            _, t_est, _ = full_recompute_seconds(model, text, args.window, args.windows, gen)
+            check = (t_sampler, t_est)
+            progress(f"full-recompute check: {t_sampler:.1f} s measured, {t_est:.1f} s extrapolated")
+
+        gflop, t_dec, rate = decode_gflops(model, args.decode_batch, probe, gen, args.probe_every)
+
+    n = args.matmul_size
+    print(f"fp32 matmul {n}x{n}: median {probe.median:.1f} GFLOP/s, best {max(probe.samples):.1f}, "
+          f"worst {min(probe.samples):.1f} ({len(probe.samples)} samples through the run)")
+    for batch, t_cached, t_decode, measured, steps, t_full in rows:
+        cached_ips = batch / t_cached
+        full_ips = batch / (t_full + t_decode)
+        print(f"batch {batch}: cached {cached_ips:.3f} img/s ({t_cached:.1f} s measured end to end) | "
+              f"full-recompute {full_ips:.4f} img/s ({t_full:.1f} s sampling extrapolated from "
+              f"{measured:.1f} s measured over {steps}/{gcfg.img_len} steps, + {t_decode:.1f} s VQGAN decode "
+              f"measured) | ratio {cached_ips / full_ips:.1f}x")
+    print(f"batch {big} guided (scale {args.guidance_scale}, {2 * big} GPT rows): cached "
+          f"{big / t_guided:.3f} img/s ({t_guided:.1f} s end to end); peak RSS {rss:.2f} GB")
+    if check is not None:
+        t_sampler, t_est = check
+        print(f"full-recompute check, batch 1: sampler over all {gcfg.img_len} steps {t_sampler:.1f} s "
+              f"measured, {t_est:.1f} s extrapolated from windows ({t_est / t_sampler - 1:+.0%})")
+    print(f"GPT cached decode batch {args.decode_batch}: {rate:.1f} GFLOP/s ({gflop:.0f} GFLOP of matmuls "
+          f"in {t_dec:.1f} s over {gcfg.img_len - 1} steps) = {rate / probe.median:.0%} of measured matmul")
+    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="small shape for a fast check (flags below still apply)")
+    p.add_argument("--n-layer", type=int)
+    p.add_argument("--n-head", type=int)
+    p.add_argument("--n-embd", type=int)
+    p.add_argument("--text-len", type=int)
+    p.add_argument("--resolution", type=int, help="VQGAN image side in pixels")
+    p.add_argument("--vq-ch", type=int, help="VQGAN base channels")
+    p.add_argument("--vq-ch-mult", type=int, nargs="+",
+                   help="VQGAN channel multipliers (f = 2 ** (levels - 1))")
+    p.add_argument("--vq-embed-dim", type=int, help="VQGAN latent and code width")
+    p.add_argument("--codes", type=int, help="VQGAN codebook size")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--decode-batch", type=int, default=32, help="rows for the GPT decode GFLOP/s figure")
+    p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--window", type=int, default=4, help="full-recompute steps timed per window")
+    p.add_argument("--windows", type=int, default=4, help="number of windows spread over the image")
+    p.add_argument("--full-batch1", action="store_true",
+                   help="also run the full-recompute sampler over all steps at batch 1 to check the estimate")
+    p.add_argument("--matmul-size", type=int, default=MATMUL_SIZE, help="side of the reference fp32 matmul")
+    p.add_argument("--probe-every", type=int, default=32, help="decode steps between matmul samples")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="model weights and activations")
+    p.add_argument("--threads", type=int, help="default: the cores available to this process")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    base = dict(n_layer=12, n_head=12, n_embd=768, text_len=32, resolution=256, vq_ch=128,
+                vq_ch_mult=[1, 1, 2, 2, 4], vq_embed_dim=256, codes=16384)
+    quick = dict(n_layer=2, n_head=4, n_embd=128, text_len=8, resolution=64, vq_ch=32,
+                 vq_ch_mult=[1, 2, 2, 4], vq_embed_dim=64, codes=1024)
+    for key, value in (quick if args.quick else base).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+if __name__ == "__main__":
+    run(parse_args())
