@@ -131,6 +131,9 @@ class ArtistParams:
     # ---- evaluation
     fid_feature_extractor: str | None = None  # TorchScript file: images (B,3,H,W) in [0,1] → features (B,F)
     fid_num_images: int = 0  # rows used for FID (0 = every row)
+    # ---- inference speed
+    dtype: Literal["float32", "bfloat16"] = "float32"  # evaluate/predict weights (bf16: CPUs with AMX, GPUs)
+    num_threads: int | None = None  # torch threads per process (default: torch's; see bench/README.md)
 
     def __post_init__(self) -> None:
         if self.max_generated_num < 1:
@@ -139,6 +142,8 @@ class ArtistParams:
             raise ValueError(f"entity_num must be >= 0, got {self.entity_num}")
         if self.fid_num_images < 0:
             raise ValueError(f"fid_num_images must be >= 0, got {self.fid_num_images}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
         SamplingConfig(self.top_k, self.top_p, self.temperature, self.guidance_scale)
 
     @property
@@ -234,6 +239,8 @@ def _check_sizes(config: ArtistConfig, params: ArtistParams) -> None:
 
 
 def load_pipeline(args: CommonArgs, params: ArtistParams, device: torch.device) -> ArtistPipeline:
+    if params.num_threads is not None:
+        torch.set_num_threads(params.num_threads)
     store = _entity_store(params)
     if args.mode == "train" and params.pretrain_model_name_or_path is None:
         pipe = _scratch_pipeline(params, store)
@@ -246,7 +253,8 @@ def load_pipeline(args: CommonArgs, params: ArtistParams, device: torch.device) 
         gpt_cfg = dataclasses.replace(pipe.model.config.gpt, caption_dropout=params.caption_dropout)
         pipe.model.config = ArtistConfig(pipe.model.config.vqgan, gpt_cfg)
         pipe.model.gpt.config = gpt_cfg
-    return pipe.to(device)
+    dtype = getattr(torch, params.dtype) if args.mode != "train" else None
+    return pipe.to(device, dtype)
 
 
 def _text_encoder(pipe: ArtistPipeline, params: ArtistParams) -> TextEncoder:

@@ -89,7 +89,7 @@ class ArtistModel(nn.Module):
             self.gpt, text_ids, knowledge, num_images_per_prompt=num_images_per_prompt,
             sampling=sampling, generator=generator, image_prefix=image_prefix,
         )
-        return self.vqgan.decode(codes), codes
+        return self.vqgan.decode(codes).float(), codes
 
     # ---- checkpoints -----------------------------------------------------------------------------
 
