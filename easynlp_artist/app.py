@@ -46,6 +46,7 @@ from appzoo.distributed import (
 )
 from appzoo.tables import Row, Schema, TableDataset, encode_image_base64, read_table
 from appzoo.trainer import Trainer, TrainerConfig, evaluate_loss
+from easynlp_artist._io import atomic_path
 from easynlp_artist.configuration import ArtistConfig
 from easynlp_artist.data import (
     CodesDataset,
@@ -57,7 +58,6 @@ from easynlp_artist.data import (
     row_image,
     stack_images,
 )
-from easynlp_artist.knowledge._io import atomic_path
 from easynlp_artist.knowledge.entities import EntityStore
 from easynlp_artist.knowledge.lattice import COLUMNS as KNOWLEDGE_COLUMNS
 from easynlp_artist.knowledge.lattice import Lattice, LatticeConfig

@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from appzoo.tables import Row, TableDataset, decode_image_base64, is_remote, open_binary
-from easynlp_artist.knowledge._io import atomic_path
+from easynlp_artist._io import atomic_path
 from easynlp_artist.knowledge.batch import KnowledgeInputs
 from easynlp_artist.knowledge.entities import EntityStore
 from easynlp_artist.knowledge.lattice import COLUMNS as KNOWLEDGE_COLUMNS

@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from easynlp_artist._io import atomic_path
 from easynlp_artist.configuration import ArtistConfig
 from easynlp_artist.knowledge.batch import KnowledgeInputs
 from easynlp_artist.models.stage1.vqgan import VQGAN, VQGANConfig
@@ -41,14 +41,8 @@ GPT_PREFIX = "transformer."
 
 def write_atomic(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class ArtistModel(nn.Module):

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from ._io import atomic_path
+from .._io import atomic_path
 from .errors import EntityFileError
 
 ENTITY2ID_FILE = "entity2id.txt"

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from .._io import atomic_path
 from ..tokenization import load_tokenizer
-from ._io import atomic_path
 from .entities import EntityStore
 from .errors import KnowledgeFileError, TableFormatError
 from .lattice import ALIGNMENTS, COLUMNS, Lattice, LatticeBuilder, LatticeConfig, LatticeStats

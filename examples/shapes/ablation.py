@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from easynlp_artist.knowledge._io import atomic_path
+from easynlp_artist._io import atomic_path
 from easynlp_artist.pipeline import ArtistPipeline
 
 from .attributes import read_attributes

@@ -7,6 +7,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
@@ -16,6 +19,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; published ones get the usual mode
     try:
         yield tmp
         os.replace(tmp, path)
