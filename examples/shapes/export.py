@@ -23,8 +23,9 @@ CARD = """# artist-shapes-tiny-zh
 
 A tiny ARTIST (VQGAN + knowledge-fused GPT) trained on this repository's synthetic shapes world
 (`examples/shapes/`) by `examples/shapes/train.sh`. It draws one coloured shape on a plain
-background from a Chinese caption, and knows {entities} knowledge-graph entities through their
-TransE vectors — also ones never named in a training caption (held out, e.g. 樱桃, 青柠, 海王星).
+background from a Chinese caption. Its entity store holds the TransE vectors of the {entities} nodes of
+the world's knowledge graph (50 real-world entities, their colours, shapes and categories), so it
+also knows entities never named in a training caption (held out, e.g. 樱桃, 青柠, 海王星).
 
 - images: {size}×{size} px, {tokens} image tokens from a codebook of {codes}
 - GPT: {layers} layers, {width} wide, {heads} heads, text of up to {text_len} tokens; entity vectors of width {edim}
