@@ -71,7 +71,7 @@ from easynlp_artist.models.stage1.losses import (
 from easynlp_artist.models.stage1.vqgan import VQGAN, VQGANConfig, images_to_uint8
 from easynlp_artist.models.stage2.gpt import ArtistGPT
 from easynlp_artist.models.stage2.sampling import SamplingConfig
-from easynlp_artist.pipeline import ArtistPipeline, checkpoint_dir, resolve_checkpoint
+from easynlp_artist.pipeline import ArtistPipeline, resolve_checkpoint
 from easynlp_artist.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -469,7 +469,8 @@ class Text2ImageArtistApp(BaseApp):
                                             args.micro_batch_size, device))
         if params.fid_feature_extractor:
             metrics["fid"] = self._fid(pipe, table, text_column, image_column, params, args, device)
-        source = Path(_model_source(args, params)) if os.path.isdir(_model_source(args, params)) else None
+        source = _model_source(args, params)
+        source = Path(source) if os.path.isdir(source) else None
         target = Path(args.outputs) if args.outputs else (source / RESULTS_FILE if source else Path(RESULTS_FILE))
         if is_main_process():
             try:
@@ -602,4 +603,4 @@ class Text2ImageArtistApp(BaseApp):
         return result
 
 
-__all__ = ["ArtistParams", "Text2ImageArtistApp", "checkpoint_dir"]
+__all__ = ["ArtistParams", "Text2ImageArtistApp"]
