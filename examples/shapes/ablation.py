@@ -117,15 +117,17 @@ def ceiling(pipe: ArtistPipeline, prompts: Sequence[Prompt], samples: int, seed:
     return hits, total
 
 
-def report(results: dict[str, Tally], ceil: tuple[int, int], args: argparse.Namespace, n_prompts: dict) -> str:
+def report(
+    results: dict[str, Tally], ceil: tuple[int, int], args: argparse.Namespace, n_prompts: dict, scale: float
+) -> str:
     k, pl = results["knowledge"], results["plain"]
     lines = [
-        "# Knowledge ablation in the shapes world",
+        f"# Knowledge ablation in the shapes world — guidance_scale {scale}",
         "",
         f"Measured {datetime.date.today().isoformat()} on {platform.machine()} "
         f"({os.cpu_count()} cores, CPU) with `python -m examples.shapes.ablation` "
         f"(samples per prompt: {args.samples}, seed {args.seed}, top_k {args.top_k}, "
-        f"guidance_scale {args.guidance_scale}).",
+        f"guidance_scale {scale}).",
         "",
         f"- knowledge model: `{args.knowledge}`",
         f"- no-knowledge model (same data, same recipe, no entity vectors): `{args.plain}`",
@@ -169,20 +171,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=20, help="images per prompt and model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top_k", type=int, default=0)
-    p.add_argument("--guidance_scale", type=float, default=1.0)
+    p.add_argument("--guidance_scale", type=float, nargs="+", default=[1.0],
+                   help="one table per value (same seeds)")
     p.add_argument("--out", required=True, help="markdown report to write")
     args = p.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     prompts = read_prompts(args.prompts)
-    sampling = {"top_k": args.top_k or None, "guidance_scale": args.guidance_scale}
-    results = {}
-    for name in ("knowledge", "plain"):
-        pipe = ArtistPipeline.from_pretrained(getattr(args, name))
-        results[name] = score(pipe, prompts, args.samples, args.seed, sampling)
-        if name == "knowledge":
-            ceil = ceiling(pipe, prompts, args.samples, args.seed)
+    pipes = {name: ArtistPipeline.from_pretrained(getattr(args, name)) for name in ("knowledge", "plain")}
+    ceil = ceiling(pipes["knowledge"], prompts, args.samples, args.seed)
     n_prompts = {k: sum(p.kind == k for p in prompts) for k in KINDS}
-    text = report(results, ceil, args, n_prompts)
+    sections = []
+    for scale in args.guidance_scale:
+        sampling = {"top_k": args.top_k or None, "guidance_scale": scale}
+        results = {name: score(pipe, prompts, args.samples, args.seed, sampling) for name, pipe in pipes.items()}
+        sections.append(report(results, ceil, args, n_prompts, scale))
+    text = "\n".join(sections)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
