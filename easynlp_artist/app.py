@@ -46,6 +46,7 @@ from appzoo.distributed import (
 )
 from appzoo.tables import Row, Schema, TableDataset, encode_image_base64, read_table
 from appzoo.trainer import Trainer, TrainerConfig, evaluate_loss
+from appzoo.trainer import resolve_checkpoint as resolve_trainer_checkpoint
 from easynlp_artist._io import atomic_path
 from easynlp_artist.configuration import ArtistConfig
 from easynlp_artist.data import (
@@ -242,7 +243,13 @@ def load_pipeline(args: CommonArgs, params: ArtistParams, device: torch.device) 
     if params.num_threads is not None:
         torch.set_num_threads(params.num_threads)
     store = _entity_store(params)
-    if args.mode == "train" and params.pretrain_model_name_or_path is None:
+    if args.mode == "train" and args.resume_from_checkpoint:
+        # the whole model as it was saved (the trainer then restores the exact training weights)
+        source = resolve_trainer_checkpoint(args.resume_from_checkpoint)
+        logger.info("resuming from %s", source)
+        pipe = _with_lattice(ArtistPipeline.from_pretrained(source), store, params)
+    elif args.mode == "train" and params.pretrain_model_name_or_path is None:
+        torch.manual_seed(args.random_seed)  # a model from scratch is the same in every run with this seed
         pipe = _scratch_pipeline(params, store)
     else:
         source = params.pretrain_model_name_or_path if args.mode == "train" else _model_source(args, params)
