@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
+from safetensors.torch import load_file
 from torch import nn
 
 from appzoo.app import BaseApp
@@ -62,7 +63,7 @@ from easynlp_artist.data import (
 from easynlp_artist.knowledge.entities import EntityStore
 from easynlp_artist.knowledge.lattice import COLUMNS as KNOWLEDGE_COLUMNS
 from easynlp_artist.knowledge.lattice import Lattice, LatticeConfig
-from easynlp_artist.modeling import ArtistModel
+from easynlp_artist.modeling import WEIGHTS_FILE, ArtistModel
 from easynlp_artist.models.stage1.losses import (
     DeadCodeRestarter,
     VQGANLossConfig,
@@ -413,10 +414,15 @@ class Text2ImageArtistApp(BaseApp):
         def save(_: nn.Module, directory: Path) -> None:
             pipe.save_pretrained(directory)
 
+        def load(model: Stage2Objective, directory: Path) -> None:
+            # the saved checkpoint holds the exact fp32 training weights: no second copy needed
+            state = load_file(directory / WEIGHTS_FILE)
+            model.gpt.load_state_dict({k[len("gpt."):]: v for k, v in state.items() if k.startswith("gpt.")})
+
         trainer = Trainer(
             objective, datasets[0], Stage2Collate(_text_encoder(pipe, params), text_column),
             TrainerConfig.from_args(args), valid_dataset=datasets[1] if len(datasets) > 1 else None,
-            save_model_fn=save, device=device,
+            save_model_fn=save, load_model_fn=load, device=device,
         )
         return trainer.train()
 

@@ -45,6 +45,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     resumed = subprocess.run(command(w, killed, f"--resume_from_checkpoint={killed}"), env=env,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not (killed / "last" / "training_model.safetensors").exists()  # the model file is the exact copy
     a = load_file(killed / "last" / "model.safetensors")
     b = load_file(tmp_path / "full" / "last" / "model.safetensors")
     assert a.keys() == b.keys()
