@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from appzoo.distributed import run_sharded_predict
@@ -12,32 +10,11 @@ from appzoo.tables import AtomicWriter, Schema, TableDataset, read_table
 SCHEMA = Schema.parse("idx:int:1,text:str:1")
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def bucket(s3_server, monkeypatch):
-    import boto3
+def bucket(s3_endpoint, monkeypatch):
+    from helpers.servers import s3_bucket
 
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("EASYNLP_S3_ENDPOINT", s3_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-    name = f"appzoo-{uuid.uuid4().hex[:10]}"
-    client.create_bucket(Bucket=name)
-    return client, name
+    return s3_bucket(s3_endpoint, monkeypatch, prefix="appzoo")
 
 
 def _keys(client, name) -> list[str]:

@@ -43,29 +43,12 @@ def served(tmp_path: Path):
         yield server
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """A real S3 server (moto in server mode) on loopback for the whole session."""
-    from helpers.servers import moto_s3_server
-
-    with moto_s3_server() as endpoint:
-        yield endpoint
-
-
 @pytest.fixture
 def s3(zoo: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch):
     """boto3 client on the moto server, with the env that modelzoo.storage reads; a fresh bucket."""
-    import uuid
+    from helpers.servers import s3_bucket
 
-    import boto3
-
-    monkeypatch.setenv("EASYNLP_S3_ENDPOINT", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-do-not-print")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    bucket = f"zoo-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=bucket)
+    client, bucket = s3_bucket(s3_endpoint, monkeypatch, prefix="zoo")
     client.bucket = bucket  # type: ignore[attr-defined]
     return client
 
