@@ -29,7 +29,6 @@ import copy
 import dataclasses
 import functools
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -37,11 +36,14 @@ import time
 
 import torch
 
-from easynlp_artist.configuration import ArtistConfig
 from easynlp_artist.modeling import ArtistModel
-from easynlp_artist.models.stage1.vqgan import VQGANConfig
 from easynlp_artist.models.stage2.gpt import ArtistGPT, GPTConfig
 from easynlp_artist.models.stage2.sampling import SamplingConfig, sample_image_tokens
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/common.py
+from common import (  # noqa: E402,I001
+    add_shape_args, available_cores, build_config, cpu_name, fill_shape_defaults, load_average,
+)
 
 MATMUL_SIZE = 2048
 
@@ -49,23 +51,8 @@ MATMUL_SIZE = 2048
 # ---- machine -------------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def describe_machine() -> str:
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    load = load_average()
     wait = os.environ.get("OMP_WAIT_POLICY", "default")
     return (f"{cpu_name()}, {available_cores()} cores available, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads (OMP_WAIT_POLICY {wait}), load average {load}")
@@ -98,17 +85,6 @@ class MatmulProbe:
 
 
 # ---- model ---------------------------------------------------------------------------------------
-
-
-def build_config(args: argparse.Namespace) -> ArtistConfig:
-    vqgan = VQGANConfig(
-        resolution=args.resolution, ch=args.vq_ch, ch_mult=tuple(args.vq_ch_mult),
-        attn_resolutions=(args.resolution // 2 ** (len(args.vq_ch_mult) - 1),),
-        z_channels=args.vq_embed_dim, embed_dim=args.vq_embed_dim, n_embed=args.codes,
-        norm_groups=min(32, args.vq_ch),
-    )
-    return ArtistConfig.build(vqgan, text_len=args.text_len, n_layer=args.n_layer, n_head=args.n_head,
-                              n_embd=args.n_embd)
 
 
 def decode_step_flop(cfg: GPTConfig, rows: int, keys: int) -> float:
@@ -284,23 +260,12 @@ def run(args: argparse.Namespace) -> None:
               f"measured, {t_est:.1f} s extrapolated from windows ({t_est / t_sampler - 1:+.0%})")
     print(f"GPT cached decode batch {args.decode_batch}: {rate:.1f} GFLOP/s ({gflop:.0f} GFLOP of matmuls "
           f"in {t_dec:.1f} s over {gcfg.img_len - 1} steps) = {rate / probe.median:.0%} of measured matmul")
-    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"load average at the end: {load_average()}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="small shape for a fast check (flags below still apply)")
-    p.add_argument("--n-layer", type=int)
-    p.add_argument("--n-head", type=int)
-    p.add_argument("--n-embd", type=int)
-    p.add_argument("--text-len", type=int)
-    p.add_argument("--resolution", type=int, help="VQGAN image side in pixels")
-    p.add_argument("--vq-ch", type=int, help="VQGAN base channels")
-    p.add_argument("--vq-ch-mult", type=int, nargs="+",
-                   help="VQGAN channel multipliers (f = 2 ** (levels - 1))")
-    p.add_argument("--vq-embed-dim", type=int, help="VQGAN latent and code width")
-    p.add_argument("--codes", type=int, help="VQGAN codebook size")
+    add_shape_args(p)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--decode-batch", type=int, default=32, help="rows for the GPT decode GFLOP/s figure")
     p.add_argument("--guidance-scale", type=float, default=3.0)
@@ -315,13 +280,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="default: the cores available to this process")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    base = dict(n_layer=12, n_head=12, n_embd=768, text_len=32, resolution=256, vq_ch=128,
-                vq_ch_mult=[1, 1, 2, 2, 4], vq_embed_dim=256, codes=16384)
-    quick = dict(n_layer=2, n_head=4, n_embd=128, text_len=8, resolution=64, vq_ch=32,
-                 vq_ch_mult=[1, 2, 2, 4], vq_embed_dim=64, codes=1024)
-    for key, value in (quick if args.quick else base).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_shape_defaults(args)
     return args
 
 

@@ -17,45 +17,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
+import sys
 import time
 
 import torch
 
-from easynlp_artist.configuration import ArtistConfig
-from easynlp_artist.models.stage1.vqgan import VQGAN, VQGANConfig
+from easynlp_artist.models.stage1.vqgan import VQGAN
 from easynlp_artist.models.stage2.gpt import ArtistGPT
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def load_average() -> str:
-    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-def build_config(args: argparse.Namespace) -> ArtistConfig:
-    vqgan = VQGANConfig(
-        resolution=args.resolution, ch=args.vq_ch, ch_mult=tuple(args.vq_ch_mult),
-        attn_resolutions=(args.resolution // 2 ** (len(args.vq_ch_mult) - 1),),
-        z_channels=args.vq_embed_dim, embed_dim=args.vq_embed_dim, n_embed=args.codes,
-        norm_groups=min(32, args.vq_ch),
-    )
-    return ArtistConfig.build(vqgan, text_len=args.text_len, n_layer=args.n_layer, n_head=args.n_head,
-                              n_embd=args.n_embd)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/common.py
+from common import (  # noqa: E402,I001
+    add_shape_args, available_cores, build_config, cpu_name, fill_shape_defaults, load_average,
+)
 
 
 class Stage2Step:
@@ -136,18 +110,7 @@ def run(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="small shape for a fast check (flags below still apply)")
-    p.add_argument("--n-layer", type=int)
-    p.add_argument("--n-head", type=int)
-    p.add_argument("--n-embd", type=int)
-    p.add_argument("--text-len", type=int)
-    p.add_argument("--resolution", type=int, help="VQGAN image side in pixels")
-    p.add_argument("--vq-ch", type=int, help="VQGAN base channels")
-    p.add_argument("--vq-ch-mult", type=int, nargs="+",
-                   help="VQGAN channel multipliers (f = 2 ** (levels - 1))")
-    p.add_argument("--vq-embed-dim", type=int, help="VQGAN latent and code width")
-    p.add_argument("--codes", type=int, help="VQGAN codebook size")
+    add_shape_args(p)
     p.add_argument("--batch", type=int)
     p.add_argument("--steps", type=int, help="timed steps per path (after one warm-up step each)")
     p.add_argument("--lr", type=float, default=1e-4)
@@ -156,13 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="default: the cores available to this process")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    base = dict(n_layer=12, n_head=12, n_embd=768, text_len=32, resolution=256, vq_ch=128,
-                vq_ch_mult=[1, 1, 2, 2, 4], vq_embed_dim=256, codes=16384, batch=4, steps=5)
-    quick = dict(n_layer=2, n_head=4, n_embd=128, text_len=8, resolution=64, vq_ch=32,
-                 vq_ch_mult=[1, 2, 2, 4], vq_embed_dim=64, codes=1024, batch=4, steps=3)
-    for key, value in (quick if args.quick else base).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_shape_defaults(args, base=dict(batch=4, steps=5), quick=dict(batch=4, steps=3))
     return args
 
 
