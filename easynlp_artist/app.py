@@ -323,6 +323,11 @@ class Stage1Objective(nn.Module):
 # ------------------------------------------------------------------------------------------- tables
 
 
+def _cache_dir(args: CommonArgs, params: ArtistParams) -> str:
+    """Where image codes (and local copies of remote tables) are cached."""
+    return params.code_cache_dir or os.path.join(args.checkpoint_dir, "code_cache")
+
+
 def _schema(args: CommonArgs, default: str) -> Schema:
     return Schema.parse(args.input_schema or default)
 
@@ -401,7 +406,7 @@ class Text2ImageArtistApp(BaseApp):
         pipe = load_pipeline(args, params, device)
         schema = _schema(args, TRAIN_SCHEMA)
         image_column = _image_column(args, schema)
-        cache_dir = params.code_cache_dir or os.path.join(args.checkpoint_dir, "code_cache")
+        cache_dir = _cache_dir(args, params)
         tables = [TableDataset(local_table(t, cache_dir), schema, args.skip_first_line) for t in args.tables[:2]]
         if params.stage == "vqgan":
             return self._train_vqgan(args, params, pipe, tables, image_column, device)
@@ -466,7 +471,7 @@ class Text2ImageArtistApp(BaseApp):
         device = device_for_rank()
         pipe = load_pipeline(args, params, device)
         schema = _schema(args, TRAIN_SCHEMA)
-        cache_dir = params.code_cache_dir or os.path.join(args.checkpoint_dir, "code_cache")
+        cache_dir = _cache_dir(args, params)
         table = TableDataset(local_table(args.tables[0], cache_dir), schema, args.skip_first_line)
         text_column, image_column = _text_column(args, schema), _image_column(args, schema)
         codes = self._codes(table, image_column, pipe, cache_dir, args, device)

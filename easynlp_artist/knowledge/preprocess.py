@@ -62,6 +62,15 @@ def _field_columns(line: str) -> list[int]:
     return cols
 
 
+def _skip_or_raise(error: KnowledgeFileError, lineno: int, strict: bool, bad_rows: list[int] | None) -> None:
+    """``strict``: re-raise; otherwise log the bad row and record its line number."""
+    if strict:
+        raise error
+    logger.warning("skipping bad row: %s", error)
+    if bad_rows is not None:
+        bad_rows.append(lineno)
+
+
 def iter_table(path: str | os.PathLike, allowed: Sequence[int], *, strict: bool = False, progress: bool = False,
                bad_rows: list[int] | None = None) -> Iterator[tuple[int, str, list[str]]]:
     """Stream ``(line_number, line, fields)`` of a tab-separated UTF-8 file.
@@ -85,11 +94,7 @@ def iter_table(path: str | os.PathLike, allowed: Sequence[int], *, strict: bool 
                     expected = " or ".join(map(str, allowed))
                     raise TableFormatError(f"expected {expected} tab-separated fields, found {len(fields)}", path, lineno, 1)
             except TableFormatError as e:
-                if strict:
-                    raise
-                logger.warning("skipping bad row: %s", e)
-                if bad_rows is not None:
-                    bad_rows.append(lineno)
+                _skip_or_raise(e, lineno, strict, bad_rows)
                 continue
             yield lineno, line, fields
 
@@ -150,11 +155,7 @@ def read_knowledge_table(
         try:
             lattice = Lattice.from_columns(*fields[2:6], path=path, line=lineno, columns=columns)
         except KnowledgeFileError as e:
-            if strict:
-                raise
-            logger.warning("skipping bad row: %s", e)
-            if bad_rows is not None:
-                bad_rows.append(lineno)
+            _skip_or_raise(e, lineno, strict, bad_rows)
             continue
         yield KnowledgeRow(lineno, fields[0], fields[1], lattice, tuple(fields[6:]))
 
