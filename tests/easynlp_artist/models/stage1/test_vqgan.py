@@ -218,6 +218,20 @@ def test_blockwise_nearest_codes_match_one_block(loaded, monkeypatch):
         assert torch.equal(model.encode(images), whole)
 
 
+def test_cpu_decode_in_chunks_matches_one_call(loaded, monkeypatch):
+    model, _, _ = loaded
+    codes = torch.randint(0, CFG.n_embed, (5, CFG.num_tokens), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = model.decode_latents(model.embed_codes(codes))  # one decoder call, no chunking
+        # full-resolution map of one image: ch * ch_mult[0] channels x 16 x 16, float64
+        per_image = CFG.ch * CFG.ch_mult[0] * CFG.resolution**2 * 8
+        monkeypatch.setattr(vqgan_module, "CPU_DECODE_CHUNK_BYTES", 2 * per_image + 1)
+        assert model.cpu_decode_chunk(model.embed_codes(codes)) == 2  # calls of 2, 2, 1 images
+        torch.testing.assert_close(model.decode(codes), whole)
+        monkeypatch.setattr(vqgan_module, "CPU_DECODE_CHUNK_BYTES", 1)
+        assert model.cpu_decode_chunk(model.embed_codes(codes)) == 1
+
+
 def test_round_trip_taming_diffusers_taming_is_identical(loaded):
     model, _, sd = loaded
     back = model.to_taming_state_dict()

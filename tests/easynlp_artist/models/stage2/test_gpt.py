@@ -161,13 +161,15 @@ def test_caption_dropout_only_in_training():
     assert abs(torch.stack(drops).mean().item() - 0.5) < 0.08
 
 
+@pytest.mark.parametrize("pack_weights", [False, True])
 @pytest.mark.parametrize("entity_dim", [None, 4])
-def test_kv_cache_equals_full_recompute(entity_dim):
+def test_kv_cache_equals_full_recompute(entity_dim, pack_weights):
     model = tiny(entity_dim=entity_dim)
     text, img = batch()
     know = knowledge() if entity_dim else None
     full = model.image_logits(text, img, know)  # teacher forcing, one pass
-    cache = model.new_cache(3)
+    cache = model.new_cache(3, pack_weights=pack_weights)
+    assert bool(cache.packed) == pack_weights
     step_logits = [model.prefill(text, know, cache)]
     for i in range(TINY["img_len"] - 1):
         step_logits.append(model.step(img[:, i : i + 1], cache))
@@ -181,6 +183,25 @@ def test_kv_cache_equals_full_recompute(entity_dim):
     a = sample_image_tokens(model, text, know, sampling=greedy, use_cache=True)
     b = sample_image_tokens(model, text, know, sampling=greedy, use_cache=False)
     assert torch.equal(a, b)
+
+
+def test_decoding_packs_weights_where_it_pays_off_and_bf16_packed_matches_plain():
+    model = tiny()
+    assert torch.backends.mkldnn.is_available()  # the pinned CPU build ships oneDNN
+    assert len(model.new_cache(3).packed) == 4 * TINY["n_layer"] + 1  # qkv, proj, fc, out per block; head
+    assert not model.new_cache(1).packed  # one fp32 row: the plain matrix-vector product is faster
+    bf16 = tiny().to(torch.bfloat16).eval()
+    text, img = batch()
+    logits = []
+    for pack in (False, True):
+        cache = bf16.new_cache(3, pack_weights=pack)
+        out = [bf16.prefill(text, None, cache)]
+        out += [bf16.step(img[:, i : i + 1], cache) for i in range(4)]
+        logits.append(torch.stack(out).float())
+    # same products in bf16, summed in a different order: bf16 rounding apart (eps 2**-8)
+    torch.testing.assert_close(logits[1], logits[0], rtol=0.05, atol=0.05)
+    full = tiny().eval().image_logits(text, img)[:, :5].transpose(0, 1)
+    assert (logits[1] - full).abs().max() < 0.1 * full.abs().max()
 
 
 def test_sampling_with_guidance_cache_equals_recompute():
