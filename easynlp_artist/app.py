@@ -33,13 +33,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from appzoo.app import BaseApp
 from appzoo.args import CommonArgs
 from appzoo.distributed import (
+    all_reduce_sum,
     device_for_rank,
+    get_rank,
     get_world_size,
     is_distributed,
     is_main_process,
@@ -84,6 +86,7 @@ PREDICT_SCHEMA = "idx:str:1,text:str:1"
 PREDICT_OUTPUT = "idx,text,gen_imgbase64"
 GENERATED_COLUMN = "gen_imgbase64"
 RESULTS_FILE = "eval_results.json"
+STAGE1_TRAINING_FILE = "stage1_training.safetensors"  # discriminator and dead-code statistics, for resuming
 
 
 @dataclass
@@ -369,6 +372,11 @@ def read_rows(path: str, schema: Schema, skip_first_line: bool, rejects: list[tu
 # ---------------------------------------------------------------------------------------------- app
 
 
+def _my_shard(n: int) -> list[int]:
+    """Indices ``0 .. n-1`` that this process handles: every ``world``-th, from its rank."""
+    return list(range(get_rank(), n, get_world_size()))
+
+
 def _row_generators(seed: int, rows: list[Row]) -> list[torch.Generator]:
     """One generator per row, from (seed, line number): results do not depend on batching or sharding."""
     return [
@@ -453,13 +461,22 @@ class Text2ImageArtistApp(BaseApp):
         objective = Stage1Objective(pipe.model.vqgan, loss_cfg, args.gradient_accumulation_steps,
                                     params.restart_dead_codes)
 
-        def save(_: nn.Module, directory: Path) -> None:
+        def save(model: Stage1Objective, directory: Path) -> None:
             pipe.save_pretrained(directory)
+            # the VQGAN is in model.safetensors; keep only what resuming needs besides it
+            rest = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("vqgan.")}
+            save_file(rest, str(directory / STAGE1_TRAINING_FILE))
+
+        def load(model: Stage1Objective, directory: Path) -> None:
+            weights = load_file(directory / WEIGHTS_FILE)
+            state = {k: v for k, v in weights.items() if k.startswith("vqgan.")}
+            state.update(load_file(directory / STAGE1_TRAINING_FILE))
+            model.load_state_dict(state, strict=True)
 
         config = TrainerConfig.from_args(args, find_unused_parameters=get_world_size() > 1)
         trainer = Trainer(
             objective, datasets[0], stack_images, config, valid_dataset=datasets[1] if len(datasets) > 1 else None,
-            save_model_fn=save, device=device,
+            save_model_fn=save, load_model_fn=load, device=device,
         )
         return trainer.train()
 
@@ -502,24 +519,29 @@ class Text2ImageArtistApp(BaseApp):
     @staticmethod
     @torch.no_grad()
     def _reconstruction(pipe, dataset: ImageDataset, batch_size: int, device) -> dict:
-        """Stage-1 quality on the table: PSNR of encode→decode (pixels in [0, 255]) and codebook usage."""
+        """Stage-1 quality on the table: PSNR of encode→decode (pixels in [0, 255]) and codebook usage.
+
+        With several processes, image ``i`` is handled by rank ``i % world`` and the sums are combined.
+        """
         vqgan = pipe.model.vqgan
-        squared, pixels, used = 0.0, 0, torch.zeros(vqgan.config.n_embed, dtype=torch.bool)
-        psnrs = []
-        for start in range(0, len(dataset), batch_size):
-            images = torch.stack([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
+        squared, pixels, psnr_sum = 0.0, 0, 0.0
+        used = torch.zeros(vqgan.config.n_embed)
+        mine = _my_shard(len(dataset))
+        for start in range(0, len(mine), batch_size):
+            images = torch.stack([dataset[i] for i in mine[start : start + batch_size]]).to(device)
             codes = vqgan.encode(images)
-            used[codes.flatten().cpu()] = True
+            used[codes.flatten().cpu()] = 1.0
             recon = images_to_uint8(vqgan.decode(codes)).float()
             truth = images_to_uint8(images).float()
             mse = (recon - truth).pow(2).flatten(1).mean(1)
-            psnrs.extend((10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).tolist())
+            psnr_sum += float((10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).sum())
             squared += float((recon - truth).pow(2).sum())
             pixels += truth.numel()
+        squared, pixels, psnr_sum, *used_by_code = all_reduce_sum([squared, pixels, psnr_sum, *used.tolist()])
         return {
-            "reconstruction_psnr": float(np.mean(psnrs)),
+            "reconstruction_psnr": psnr_sum / len(dataset),
             "reconstruction_mse": squared / pixels,
-            "codebook_usage": float(used.float().mean()),
+            "codebook_usage": sum(u > 0 for u in used_by_code) / len(used_by_code),
         }
 
     @staticmethod
@@ -544,11 +566,13 @@ class Text2ImageArtistApp(BaseApp):
             def forward(self, x: torch.Tensor) -> torch.Tensor:
                 return self.net(x.float() / 255.0)
 
+        # with several processes each rank adds its shard of rows; compute() sums the states of all
         fid = FrechetInceptionDistance(feature=Features(), normalize=False, reset_real_features=True)
         n = len(table) if params.fid_num_images == 0 else min(params.fid_num_images, len(table))
         encoder = _text_encoder(pipe, params)
-        for start in range(0, n, args.micro_batch_size):
-            rows = [table.row(i) for i in range(start, min(start + args.micro_batch_size, n))]
+        mine = _my_shard(n)
+        for start in range(0, len(mine), args.micro_batch_size):
+            rows = [table.row(i) for i in mine[start : start + args.micro_batch_size]]
             real = torch.stack([row_image(r, image_column, res) for r in rows])
             fid.update(images_to_uint8(real).permute(0, 3, 1, 2), real=True)
             text_ids, know = encoder.encode([str(r[text_column]) for r in rows], rows)

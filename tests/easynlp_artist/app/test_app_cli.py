@@ -262,6 +262,30 @@ def test_fid_matches_an_independent_numpy_scipy_computation(trained, tmp_path):
     assert reported == pytest.approx(expected, rel=1e-3, abs=1e-6)
 
 
+def test_two_process_evaluate_equals_one_process(trained, tmp_path):
+    """--worker_gpu=2: each process scores its share of the rows (loss, reconstruction, FID) and the
+    sums are combined; the metrics equal a one-process run."""
+    root, w = trained
+
+    class MeanColour(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1] → (B, 3)
+            return x.mean(dim=(2, 3))
+
+    extractor = tmp_path / "extractor.pt"
+    torch.jit.save(torch.jit.script(MeanColour()), str(extractor))
+    common = ["--app_name=text2image_artist", "--mode=evaluate", f"--tables={w['valid']}",
+              f"--checkpoint_dir={root / 'gpt'}", "--micro_batch_size=1",
+              f"--user_defined_parameters=fid_feature_extractor={extractor} seed=5"]
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert easynlp([*common, f"--outputs={one}"]) == 0
+    proc = run_cli(*common, f"--outputs={two}", "--worker_gpu=2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m1, m2 = json.loads(one.read_text()), json.loads(two.read_text())
+    assert m1.keys() == m2.keys() and m1["num_samples"] == m2["num_samples"] == 4
+    for key in m1:
+        assert m2[key] == pytest.approx(m1[key], rel=1e-6, abs=1e-9), key
+
+
 def test_bfloat16_predict_gives_the_same_rows(trained, tmp_path):
     """dtype=bfloat16 runs the whole predict path in bf16; the table keeps its shape and order."""
     root, w = trained
