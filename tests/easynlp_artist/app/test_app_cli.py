@@ -219,6 +219,18 @@ def test_two_process_predict_equals_one_process(trained, tmp_path):
     assert len(one.read_text(encoding="utf-8").splitlines()) == 5
 
 
+class MeanColour(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1] → (B, 3)
+        return x.mean(dim=(2, 3))
+
+
+def mean_colour_extractor(directory: Path) -> Path:
+    """A TorchScript FID feature extractor: the mean colour of each image."""
+    path = directory / "extractor.pt"
+    torch.jit.save(torch.jit.script(MeanColour()), str(path))
+    return path
+
+
 def test_fid_matches_an_independent_numpy_scipy_computation(trained, tmp_path):
     """evaluate's FID (torchmetrics + a TorchScript extractor) equals the Fréchet distance computed
     here with numpy/scipy from the same images: the table's, and the generated ones reproduced."""
@@ -229,12 +241,7 @@ def test_fid_matches_an_independent_numpy_scipy_computation(trained, tmp_path):
 
     root, w = trained
 
-    class MeanColour(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1] → (B, 3)
-            return x.mean(dim=(2, 3))
-
-    extractor = tmp_path / "extractor.pt"
-    torch.jit.save(torch.jit.script(MeanColour()), str(extractor))
+    extractor = mean_colour_extractor(tmp_path)
     out = tmp_path / "m.json"
     assert easynlp(["--app_name=text2image_artist", "--mode=evaluate", f"--tables={w['valid']}",
                     f"--checkpoint_dir={root / 'gpt'}", f"--outputs={out}", "--micro_batch_size=4",
@@ -267,12 +274,7 @@ def test_two_process_evaluate_equals_one_process(trained, tmp_path):
     sums are combined; the metrics equal a one-process run."""
     root, w = trained
 
-    class MeanColour(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1] → (B, 3)
-            return x.mean(dim=(2, 3))
-
-    extractor = tmp_path / "extractor.pt"
-    torch.jit.save(torch.jit.script(MeanColour()), str(extractor))
+    extractor = mean_colour_extractor(tmp_path)
     common = ["--app_name=text2image_artist", "--mode=evaluate", f"--tables={w['valid']}",
               f"--checkpoint_dir={root / 'gpt'}", "--micro_batch_size=1",
               f"--user_defined_parameters=fid_feature_extractor={extractor} seed=5"]
