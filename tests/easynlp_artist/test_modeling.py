@@ -47,6 +47,12 @@ def test_save_and_load_round_trip(tmp_path, entity_dim):
     model = randomize_(ArtistModel(tiny_artist_config(entity_dim=entity_dim))).eval()
     model.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    # the files get the mode open() would give (safetensors itself writes 0600)
+    reference = tmp_path / "reference"
+    reference.write_text("")
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / name).stat().st_mode == reference.stat().st_mode, name
+    reference.unlink()
     loaded = ArtistModel.from_pretrained(tmp_path)
     assert loaded.config == model.config
     for k, v in model.state_dict().items():
