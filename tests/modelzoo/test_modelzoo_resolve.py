@@ -124,6 +124,40 @@ def test_dropped_connection_next_resolve_resumes(zoo, served, tmp_path, monkeypa
     assert [g.range for g in gets] == [None, f"bytes={half}-"] and gets[1].status == 206
 
 
+def test_disk_writeback_is_started_on_the_way_and_continues_after_a_resume(zoo, served, tmp_path, monkeypatch):
+    """Every finished WRITEBACK_BYTES is handed to the kernel (sync_file_range, real call, recorded)
+    in order and without gaps, also when a download resumes from a partial file."""
+    from modelzoo import download
+
+    assert download._sync_file_range is not None  # Linux: the call exists
+    calls = []
+
+    def recording(fd, offset, nbytes, flags):
+        calls.append((offset, nbytes))
+        return real(fd, offset, nbytes, flags)
+
+    real = download._sync_file_range
+    monkeypatch.setattr(download, "_sync_file_range", recording)
+    monkeypatch.setattr(download, "WRITEBACK_BYTES", 256 * 1024)
+    blob = write_random(served.root / "model.safetensors", 3 * 1024 * 1024 + 17)
+    size, half = blob.stat().st_size, blob.stat().st_size // 2
+    served.faults.drop_after["/model.safetensors"] = half
+    monkeypatch.setenv("EASYNLP_MODELZOO_RETRIES", "1")
+    _register(tmp_path, monkeypatch, {"big": {"files": [{"path": "model.safetensors",
+                                                         "uri": served.url("model.safetensors"),
+                                                         "sha256": sha256(blob), "size": size}]}})
+    with pytest.raises(modelzoo.ModelZooError):
+        modelzoo.resolve("big")
+    first = len(calls)
+    path = modelzoo.resolve("big")
+    assert (path / "model.safetensors").read_bytes() == blob.read_bytes()
+    assert 0 < first < len(calls)
+    assert calls[0][0] == 0 and calls[first][0] == half  # the resumed writer starts at the partial's end
+    for (o1, n1), (o2, _) in zip(calls, calls[1:]):
+        assert o2 == o1 + n1 or (o2 == half and o1 + n1 <= half)  # contiguous (gap only before the resume)
+    assert all(n >= 256 * 1024 for _, n in calls) and calls[-1][0] + calls[-1][1] <= size
+
+
 def test_dropped_connection_retried_within_one_resolve(zoo, served, tmp_path, monkeypatch):
     blob = write_random(served.root / "w.bin", 1024 * 1024 + 5, seed=1)
     served.faults.drop_after["/w.bin"] = 1000
