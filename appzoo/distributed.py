@@ -80,6 +80,11 @@ def barrier() -> None:
         dist.barrier()
 
 
+def my_shard(n: int) -> list[int]:
+    """Indices ``0 .. n-1`` this process handles: every ``world``-th, from its rank (all of them alone)."""
+    return list(range(get_rank(), n, get_world_size()))
+
+
 def all_reduce_max(value: float) -> float:
     """Maximum of ``value`` over all processes (the value itself in one process)."""
     if not is_distributed():

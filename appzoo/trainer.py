@@ -54,6 +54,7 @@ from appzoo.distributed import (
     device_for_rank,
     get_rank,
     get_world_size,
+    my_shard,
 )
 from appzoo.errors import RunError
 
@@ -277,10 +278,9 @@ def evaluate_loss(model: nn.Module, dataset, collate_fn: Callable[[list], Any], 
     all-reduced, so every process returns the same numbers. Does not touch the global RNGs.
     """
     device = torch.device(device) if device is not None else device_for_rank()
-    rank, world = get_rank(), get_world_size()
     was_training = model.training
     model.eval()
-    indices = list(range(rank, len(dataset), world))
+    indices = my_shard(len(dataset))
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers,
                         generator=torch.Generator().manual_seed(0))

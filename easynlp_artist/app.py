@@ -41,10 +41,10 @@ from appzoo.args import CommonArgs
 from appzoo.distributed import (
     all_reduce_sum,
     device_for_rank,
-    get_rank,
     get_world_size,
     is_distributed,
     is_main_process,
+    my_shard,
     run_sharded_predict,
 )
 from appzoo.tables import Row, Schema, TableDataset, encode_image_base64, read_table
@@ -372,11 +372,6 @@ def read_rows(path: str, schema: Schema, skip_first_line: bool, rejects: list[tu
 # ---------------------------------------------------------------------------------------------- app
 
 
-def _my_shard(n: int) -> list[int]:
-    """Indices ``0 .. n-1`` that this process handles: every ``world``-th, from its rank."""
-    return list(range(get_rank(), n, get_world_size()))
-
-
 def _row_generators(seed: int, rows: list[Row]) -> list[torch.Generator]:
     """One generator per row, from (seed, line number): results do not depend on batching or sharding."""
     return [
@@ -526,7 +521,7 @@ class Text2ImageArtistApp(BaseApp):
         vqgan = pipe.model.vqgan
         squared, pixels, psnr_sum = 0.0, 0, 0.0
         used = torch.zeros(vqgan.config.n_embed)
-        mine = _my_shard(len(dataset))
+        mine = my_shard(len(dataset))
         for start in range(0, len(mine), batch_size):
             images = torch.stack([dataset[i] for i in mine[start : start + batch_size]]).to(device)
             codes = vqgan.encode(images)
@@ -570,7 +565,7 @@ class Text2ImageArtistApp(BaseApp):
         fid = FrechetInceptionDistance(feature=Features(), normalize=False, reset_real_features=True)
         n = len(table) if params.fid_num_images == 0 else min(params.fid_num_images, len(table))
         encoder = _text_encoder(pipe, params)
-        mine = _my_shard(n)
+        mine = my_shard(n)
         for start in range(0, len(mine), args.micro_batch_size):
             rows = [table.row(i) for i in mine[start : start + args.micro_batch_size]]
             real = torch.stack([row_image(r, image_column, res) for r in rows])
