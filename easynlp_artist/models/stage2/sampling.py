@@ -58,6 +58,18 @@ def _without_entities(knowledge: KnowledgeInputs) -> KnowledgeInputs:
     return KnowledgeInputs(knowledge.vectors, knowledge.starts, knowledge.ends, torch.zeros_like(knowledge.mask))
 
 
+def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One code per row of probs (n, V) → (n, 1): the first code whose cumulative mass exceeds a
+    uniform draw. One random number per row; ``torch.multinomial`` draws V exponentials per row,
+    which at 16384 codes cost ~5 % of a cached decoding step on CPU."""
+    cdf = probs.cumsum(dim=-1)  # (n, V)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=cdf.dtype) * total
+    # u < total, so a code with zero mass (cdf equal to its predecessor's) is never the first above u
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True)
+
+
 def _draw(
     probs: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None, per_prompt: int
 ) -> torch.Tensor:
@@ -65,11 +77,11 @@ def _draw(
     if not isinstance(generator, (list, tuple)):
         if generator is not None and generator.device != probs.device:
             probs = probs.to(generator.device)
-        return torch.multinomial(probs, 1, generator=generator)
+        return _inverse_cdf(probs, generator)
     parts = []
     for i, g in enumerate(generator):
         rows = probs[i * per_prompt : (i + 1) * per_prompt]
-        parts.append(torch.multinomial(rows.to(g.device), 1, generator=g).to(probs.device))
+        parts.append(_inverse_cdf(rows.to(g.device), g).to(probs.device))
     return torch.cat(parts)
 
 
