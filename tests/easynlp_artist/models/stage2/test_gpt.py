@@ -8,7 +8,13 @@ from helpers.gpt_reference import raw_original_state_dict, reference_logits
 
 from easynlp_artist.knowledge.batch import KnowledgeInputs
 from easynlp_artist.models.stage2.gpt import ArtistGPT, GPTConfig, convert_original, to_original
-from easynlp_artist.models.stage2.sampling import SamplingConfig, filter_logits, guide, sample_image_tokens
+from easynlp_artist.models.stage2.sampling import (
+    SamplingConfig,
+    _draw,
+    filter_logits,
+    guide,
+    sample_image_tokens,
+)
 
 TINY = dict(img_vocab_size=20, text_vocab_size=30, text_len=5, img_len=6, n_layer=2, n_head=2, n_embd=16)
 
@@ -204,6 +210,32 @@ def test_decoding_packs_weights_where_it_pays_off_and_bf16_packed_matches_plain(
     assert (logits[1] - full).abs().max() < 0.1 * full.abs().max()
 
 
+def test_packed_weights_are_kept_between_calls_and_remade_when_a_weight_changes():
+    model = tiny()
+    text, _ = batch()
+    greedy = SamplingConfig(top_k=1)
+    first = model.new_cache(3).packed
+    assert all(model.new_cache(3).packed[m] is w for m, w in first.items())  # kept, not repacked
+    assert all(model.new_cache(7).packed[m] is w for m, w in first.items())  # for any row count
+    with torch.no_grad():
+        model.head.weight.mul_(-1.5)  # an in-place update, as an optimizer step makes
+    again = model.new_cache(3).packed
+    assert again[model.head] is not first[model.head]
+    assert all(again[m] is first[m] for m in first if m is not model.head)
+    # decoding with the remade copy still equals the full recompute (a stale copy would not:
+    # the head's sign flipped, so greedy picks different codes)
+    a = sample_image_tokens(model, text, sampling=greedy)
+    assert torch.equal(a, sample_image_tokens(model, text, sampling=greedy, use_cache=False))
+    model.load_state_dict(tiny(seed=3).state_dict())
+    assert all(model.new_cache(3).packed[m] is not w for m, w in again.items())
+    assert torch.equal(sample_image_tokens(model, text, sampling=greedy),
+                       sample_image_tokens(model, text, sampling=greedy, use_cache=False))
+    model.train()
+    assert not model._packs
+    model.eval().to(torch.bfloat16)
+    assert all(w.dtype == torch.bfloat16 for w in model.new_cache(3).packed.values())
+
+
 def test_sampling_with_guidance_cache_equals_recompute():
     model = tiny(entity_dim=4)
     text, _ = batch()
@@ -288,3 +320,25 @@ def test_per_prompt_generators_make_rows_independent_of_the_batch():
     assert torch.equal(together[2:4], alone)
     with pytest.raises(ValueError, match="2 generators for 3 prompts"):
         sample_image_tokens(model, text, generator=gens([1, 2]))
+
+
+@pytest.mark.parametrize("per_prompt_generators", [False, True])
+def test_draw_follows_the_probabilities_and_never_picks_a_zero(per_prompt_generators):
+    # the inverse-CDF draw against the distribution it samples: 40 000 rows of one distribution
+    # (codes 2 and 5 have no mass, as after top-k); every frequency within 5 standard errors
+    p = torch.tensor([0.05, 0.25, 0.0, 0.4, 0.3, 0.0])
+    n = 40_000
+    probs = p.expand(n, -1) * 3.0  # unnormalised mass is fine (the draw scales by the row's total)
+    if per_prompt_generators:
+        drawn = _draw(probs, [torch.Generator().manual_seed(s) for s in range(4)], n // 4)
+    else:
+        drawn = _draw(probs, torch.Generator().manual_seed(0), 1)
+    assert drawn.shape == (n, 1) and drawn.dtype == torch.long
+    freq = torch.bincount(drawn[:, 0], minlength=p.numel()).double() / n
+    assert freq[2] == 0 and freq[5] == 0
+    se = (p.double() * (1 - p.double()) / n).sqrt()
+    assert ((freq - p.double()).abs() <= 5 * se + 1e-12).all(), (freq, p)
+    # a row with all its mass on the last code, and one with all of it on the first
+    one_hot = torch.zeros(2, 6)
+    one_hot[0, -1] = one_hot[1, 0] = 1.0
+    assert _draw(one_hot, torch.Generator().manual_seed(1), 1)[:, 0].tolist() == [5, 0]
