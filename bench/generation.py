@@ -39,6 +39,7 @@ import torch
 from easynlp_artist.modeling import ArtistModel
 from easynlp_artist.models.stage2.gpt import ArtistGPT, GPTConfig
 from easynlp_artist.models.stage2.sampling import SamplingConfig, sample_image_tokens
+from easynlp_artist.runtime import tune_cpu_allocator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/common.py
 from common import (  # noqa: E402,I001
@@ -191,13 +192,14 @@ def decode_gflops(model: ArtistModel, rows: int, probe: MatmulProbe, generator: 
 
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads or available_cores())
+    tuned = args.allocator == "tuned" and tune_cpu_allocator()
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     config = build_config(args)
     gcfg = config.gpt
     model = ArtistModel(config).to(getattr(torch, args.dtype)).eval()
     probe = MatmulProbe(args.matmul_size)
-    print(f"machine: {describe_machine()}")
+    print(f"machine: {describe_machine()}; allocator: {'tuned (as the app)' if tuned else 'default'}")
     vq = config.vqgan
     print(f"shape: GPT {gcfg.n_layer} layers x {gcfg.n_embd} wide, {gcfg.n_head} heads, "
           f"{gcfg.text_len} text + {gcfg.img_len} image tokens; VQGAN {vq.resolution} px, "
@@ -278,6 +280,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="model weights and activations")
     p.add_argument("--threads", type=int, help="default: the cores available to this process")
+    p.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
+                   help="tuned: easynlp_artist.runtime.tune_cpu_allocator(), as the app does")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     fill_shape_defaults(args)

@@ -76,6 +76,7 @@ from easynlp_artist.models.stage1.vqgan import VQGAN, VQGANConfig, images_to_uin
 from easynlp_artist.models.stage2.gpt import ArtistGPT
 from easynlp_artist.models.stage2.sampling import SamplingConfig
 from easynlp_artist.pipeline import ArtistPipeline, resolve_checkpoint
+from easynlp_artist.runtime import tune_cpu_allocator
 from easynlp_artist.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ class ArtistParams:
     # ---- inference speed
     dtype: Literal["float32", "bfloat16"] = "float32"  # evaluate/predict weights (bf16: CPUs with AMX, GPUs)
     num_threads: int | None = None  # torch threads per process (default: torch's; see bench/README.md)
+    tune_allocator: bool = True  # keep freed memory in the process (easynlp_artist.runtime)
 
     def __post_init__(self) -> None:
         if self.max_generated_num < 1:
@@ -246,6 +248,8 @@ def _check_sizes(config: ArtistConfig, params: ArtistParams) -> None:
 def load_pipeline(args: CommonArgs, params: ArtistParams, device: torch.device) -> ArtistPipeline:
     if params.num_threads is not None:
         torch.set_num_threads(params.num_threads)
+    if params.tune_allocator and device.type == "cpu":
+        tune_cpu_allocator()
     store = _entity_store(params)
     if args.mode == "train" and args.resume_from_checkpoint:
         # the whole model as it was saved (the trainer then restores the exact training weights)
