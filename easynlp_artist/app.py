@@ -127,10 +127,11 @@ class ArtistParams:
     code_cache_dir: str | None = None  # default: <checkpoint_dir>/code_cache
     # ---- generation
     max_generated_num: int = 1
+    # sampling: what is not given here comes from the model (its generation_config.json, else plain)
     top_k: int | None = None
     top_p: float | None = None
-    temperature: float = 1.0
-    guidance_scale: float = 1.0
+    temperature: float | None = None
+    guidance_scale: float | None = None
     seed: int = 42
     image_dir: str | None = None  # also write PNG files and an index.html contact sheet here
     skip_bad_rows: bool = False  # bad rows go to <outputs>.rejects.tsv instead of stopping the run
@@ -151,11 +152,13 @@ class ArtistParams:
             raise ValueError(f"fid_num_images must be >= 0, got {self.fid_num_images}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
-        SamplingConfig(self.top_k, self.top_p, self.temperature, self.guidance_scale)
+        self.sampling_over(SamplingConfig())  # checks the values
 
-    @property
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(self.top_k, self.top_p, self.temperature, self.guidance_scale)
+    def sampling_over(self, defaults: SamplingConfig) -> SamplingConfig:
+        """The model's sampling defaults with the values given here put over them."""
+        return defaults.updated(
+            top_k=self.top_k, top_p=self.top_p, temperature=self.temperature, guidance_scale=self.guidance_scale
+        )
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -226,11 +229,11 @@ def _with_lattice(pipe: ArtistPipeline, store: EntityStore | None, params: Artis
     if store is None or not pipe.model.config.knowledge:
         if store is not None and params.entity_emb_path:
             raise ValueError("entity_emb_path is given but the model has no knowledge part (entity_dim=None)")
-        return ArtistPipeline(pipe.model, pipe.tokenizer, None)
+        return ArtistPipeline(pipe.model, pipe.tokenizer, None, sampling=pipe.sampling)
     lattice = LatticeConfig(
         text_len=pipe.model.config.gpt.text_len, entity_num=params.entity_num, use_jieba_filter=params.use_jieba_filter
     )
-    return ArtistPipeline(pipe.model, pipe.tokenizer, store, lattice)
+    return ArtistPipeline(pipe.model, pipe.tokenizer, store, lattice, pipe.sampling)
 
 
 def _check_sizes(config: ArtistConfig, params: ArtistParams) -> None:
@@ -575,7 +578,7 @@ class Text2ImageArtistApp(BaseApp):
             real = torch.stack([row_image(r, image_column, res) for r in rows])
             fid.update(images_to_uint8(real).permute(0, 3, 1, 2), real=True)
             text_ids, know = encoder.encode([str(r[text_column]) for r in rows], rows)
-            images, _ = pipe.model.generate(text_ids, know, sampling=params.sampling,
+            images, _ = pipe.model.generate(text_ids, know, sampling=params.sampling_over(pipe.sampling),
                                             generator=_row_generators(params.seed, rows))
             fid.update(images_to_uint8(images).permute(0, 3, 1, 2).cpu(), real=False)
         return float(fid.compute())
@@ -607,7 +610,8 @@ class Text2ImageArtistApp(BaseApp):
         def predict_batch(rows: list[Row]) -> list[list[str]]:
             text_ids, know = encoder.encode([str(r[text_column]) for r in rows], rows)
             images, _ = pipe.model.generate(
-                text_ids, know, num_images_per_prompt=params.max_generated_num, sampling=params.sampling,
+                text_ids, know, num_images_per_prompt=params.max_generated_num,
+                sampling=params.sampling_over(pipe.sampling),
                 generator=_row_generators(params.seed, rows),
             )
             pixels = images_to_uint8(images).cpu().numpy()

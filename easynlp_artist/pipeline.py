@@ -29,6 +29,7 @@ from easynlp_artist.models.stage2.sampling import SamplingConfig
 from easynlp_artist.tokenization import VOCAB_FILE, encode_texts, load_tokenizer
 
 LATTICE_CONFIG_FILE = "lattice_config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"  # the sampling defaults of this model
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
@@ -70,8 +71,11 @@ class ArtistPipeline:
         tokenizer,
         entities: EntityStore | None = None,
         lattice_config: LatticeConfig | None = None,
+        sampling: SamplingConfig | None = None,
     ) -> None:
         self.model = model.eval()
+        # what __call__ uses for every sampling argument left at None (generation_config.json)
+        self.sampling = sampling or SamplingConfig()
         self.tokenizer = tokenizer
         self.entities = entities
         self.lattice = None
@@ -100,10 +104,18 @@ class ArtistPipeline:
             entities = EntityStore.load(directory)
         if (directory / LATTICE_CONFIG_FILE).is_file():
             lattice_config = LatticeConfig(**json.loads((directory / LATTICE_CONFIG_FILE).read_text("utf-8")))
-        return cls(model, tokenizer, entities, lattice_config)
+        sampling = None
+        if (directory / GENERATION_CONFIG_FILE).is_file():
+            path = directory / GENERATION_CONFIG_FILE
+            try:
+                sampling = SamplingConfig.from_dict(json.loads(path.read_text("utf-8")))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{path}: {exc}") from exc
+        return cls(model, tokenizer, entities, lattice_config, sampling)
 
     def save_pretrained(self, directory: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
-        """Model weights and config, ``vocab.txt``, and the entity store when there is one.
+        """Model weights and config, ``vocab.txt``, the entity store when there is one, and
+        ``generation_config.json`` when the sampling defaults are not the plain ones.
         ``dtype=torch.float16`` halves the weights file (they are upcast again on loading)."""
         out = self.model.save_pretrained(directory, dtype=dtype)
         vocab = "".join(t + "\n" for t, _ in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
@@ -113,6 +125,9 @@ class ArtistPipeline:
         if self.lattice is not None:
             text = json.dumps(asdict(self.lattice.config), indent=2) + "\n"
             write_atomic(out / LATTICE_CONFIG_FILE, lambda p: Path(p).write_text(text, encoding="utf-8"))
+        if self.sampling != SamplingConfig():
+            text = json.dumps(self.sampling.to_dict(), indent=2) + "\n"
+            write_atomic(out / GENERATION_CONFIG_FILE, lambda p: Path(p).write_text(text, encoding="utf-8"))
         return out
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> ArtistPipeline:
@@ -139,8 +154,8 @@ class ArtistPipeline:
         num_images_per_prompt: int = 1,
         top_k: int | None = None,
         top_p: float | None = None,
-        temperature: float = 1.0,
-        guidance_scale: float = 1.0,
+        temperature: float | None = None,
+        guidance_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         image_prompt_codes: torch.Tensor | None = None,
@@ -148,7 +163,9 @@ class ArtistPipeline:
         """Generate ``num_images_per_prompt`` images for each prompt (prompt-major order).
 
         ``image_prompt_codes`` (B, k): known leading image tokens to complete (e.g. the top rows
-        of ``pipe.model.vqgan.encode(image)``). ``output_type``: ``"pil"`` (list of PIL images),
+        of ``pipe.model.vqgan.encode(image)``). Sampling arguments left at None take the model's
+        defaults, ``pipe.sampling`` (plain sampling unless the checkpoint's generation_config.json
+        says otherwise); ``top_k=0`` / ``top_p=1.0`` switch a default filter off. ``output_type``: ``"pil"`` (list of PIL images),
         ``"np"`` (N, H, W, 3) float in [0, 1], or ``"pt"`` (N, 3, H, W) float in [0, 1].
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -158,7 +175,7 @@ class ArtistPipeline:
             raise ValueError("every prompt must be a string")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        sampling = SamplingConfig(top_k=top_k, top_p=top_p, temperature=temperature, guidance_scale=guidance_scale)
+        sampling = self.sampling.updated(top_k=top_k, top_p=top_p, temperature=temperature, guidance_scale=guidance_scale)
         text_ids, knowledge = self.encode_prompts(prompts)
         images, codes = self.model.generate(
             text_ids, knowledge, num_images_per_prompt=num_images_per_prompt, sampling=sampling,

@@ -73,3 +73,28 @@ def test_image_prompt_completion(tmp_path):
     top = torch.randint(0, 24, (1, 32))  # the top half of an 8×8 token grid
     out = pipe("红色的圆形", image_prompt_codes=top, num_images_per_prompt=3, output_type="pt")
     assert torch.equal(out.codes[:, :32], top.expand(3, -1))
+
+
+def test_sampling_defaults_travel_with_the_checkpoint(tmp_path):
+    from easynlp_artist.models.stage2.sampling import SamplingConfig
+
+    pipe = make_pipeline(tmp_path / "src", knowledge=False)
+    assert not (pipe.save_pretrained(tmp_path / "plain") / "generation_config.json").exists()
+    pipe.sampling = SamplingConfig(top_k=2, temperature=0.5)
+    again = ArtistPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "ckpt"))
+    assert again.sampling == SamplingConfig(top_k=2, temperature=0.5)
+    pipe.sampling = SamplingConfig()  # the same weights with plain defaults
+
+    def codes(p, **kw):
+        return p(["红色的圆形", "一个番茄"], num_images_per_prompt=3, generator=torch.Generator().manual_seed(4), **kw).codes
+
+    # unset arguments take the checkpoint's defaults; given ones override them, one by one
+    assert torch.equal(codes(again), codes(pipe, top_k=2, temperature=0.5))
+    assert torch.equal(codes(again, temperature=1.0), codes(pipe, top_k=2, temperature=1.0))
+    plain = codes(pipe)
+    assert torch.equal(codes(again, top_k=0, temperature=1.0), plain)
+    # top-2 sampling keeps each code among the two most likely: the defaults really were applied
+    assert not torch.equal(codes(again), plain)
+    (tmp_path / "ckpt" / "generation_config.json").write_text('{"top_k": 2, "topp": 0.9}', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"generation_config.json: unknown sampling fields: topp"):
+        ArtistPipeline.from_pretrained(tmp_path / "ckpt")

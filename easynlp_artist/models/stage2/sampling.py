@@ -7,7 +7,7 @@ unconditional rows (all-[PAD] text, no entities) in one batch and mixes their lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
@@ -31,6 +31,21 @@ class SamplingConfig:
             raise ValueError(f"temperature must be > 0 (use top_k=1 for greedy decoding), got {self.temperature}")
         if self.guidance_scale < 0.0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SamplingConfig:
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown sampling fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    def updated(self, **given) -> SamplingConfig:
+        """These defaults with every argument that is not None put over them. To switch a default
+        filter off, pass its neutral value (``top_k=0``, ``top_p=1.0``)."""
+        return replace(self, **{k: v for k, v in given.items() if v is not None})
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:

@@ -300,3 +300,26 @@ def test_bfloat16_predict_gives_the_same_rows(trained, tmp_path):
     for ln in lines:
         for pic in ln.split("\t")[2].split(","):
             assert Image.open(io.BytesIO(base64.b64decode(pic))).size == (16, 16)
+
+
+def test_predict_takes_the_checkpoints_sampling_defaults_unless_given(trained, tmp_path):
+    import shutil
+
+    root, w = trained
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(root / "gpt" / "last", ckpt)
+    (ckpt / "generation_config.json").write_text('{"top_k": 1}', encoding="utf-8")  # greedy
+
+    def predict(udp):
+        out = tmp_path / f"pred{len(udp)}.tsv"
+        assert easynlp([
+            "--app_name=text2image_artist", "--mode=predict", f"--tables={w['test']}", f"--outputs={out}",
+            f"--checkpoint_dir={ckpt}", "--micro_batch_size=2", "--output_schema=idx,gen_imgbase64",
+            f"--user_defined_parameters=max_generated_num=3 seed=3 {udp}",
+        ]) == 0
+        return [ln.split("\t")[1].split(",") for ln in out.read_text(encoding="utf-8").splitlines()]
+
+    # greedy from the checkpoint's defaults: a row's three images are the same image
+    assert all(len(set(row)) == 1 for row in predict(""))
+    # top_k=0 given on the command line switches the default off: sampled images differ
+    assert any(len(set(row)) > 1 for row in predict("top_k=0"))
