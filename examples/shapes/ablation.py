@@ -1,7 +1,8 @@
 """Measure the paper's claim in the shapes world: does knowledge make entities come out right?
 
     python -m examples.shapes.ablation --knowledge CKPT_K --plain CKPT_P \\
-        --prompts world/eval_prompts.tsv --samples 20 --out bench/knowledge.md
+        --prompts world/eval_prompts.tsv --samples 20 --out bench/knowledge.md \\
+        [--sampling guidance_scale=1 "guidance_scale=1,top_p=0.9" ...]
 
 For every prompt of ``eval_prompts.tsv`` (kinds: attribute, seen_entity, heldout_entity) both models
 draw ``--samples`` images with the same seeds; the deterministic attribute reader decides colour
@@ -29,6 +30,7 @@ import torch
 from PIL import Image
 
 from easynlp_artist._io import atomic_path
+from easynlp_artist.models.stage2.sampling import SamplingConfig
 from easynlp_artist.pipeline import ArtistPipeline
 
 from .attributes import read_attributes
@@ -117,17 +119,42 @@ def ceiling(pipe: ArtistPipeline, prompts: Sequence[Prompt], samples: int, seed:
     return hits, total
 
 
+SAMPLING_KEYS = {"top_k": int, "top_p": float, "temperature": float, "guidance_scale": float}
+
+
+def parse_sampling(text: str) -> dict:
+    """``"guidance_scale=2,top_p=0.9"`` → keyword arguments of the pipeline (unknown keys rejected)."""
+    out = {}
+    for item in filter(None, text.replace(",", " ").split()):
+        key, sep, value = item.partition("=")
+        if not sep or key not in SAMPLING_KEYS:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected key=value with key in {sorted(SAMPLING_KEYS)}, got {item!r}")
+        out[key] = SAMPLING_KEYS[key](value)
+    return out
+
+
+def explicit(sampling: dict) -> dict:
+    """Every sampling argument spelled out, so that no checkpoint's own defaults
+    (generation_config.json) change what is measured: unnamed ones are plain sampling."""
+    full = SamplingConfig().updated(**sampling).to_dict()
+    return {**full, "top_k": full["top_k"] or 0, "top_p": full["top_p"] or 1.0}
+
+
+def describe(sampling: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sampling.items()) or "plain sampling"
+
+
 def report(
-    results: dict[str, Tally], ceil: tuple[int, int], args: argparse.Namespace, n_prompts: dict, scale: float
+    results: dict[str, Tally], ceil: tuple[int, int], args: argparse.Namespace, n_prompts: dict, sampling: dict
 ) -> str:
     k, pl = results["knowledge"], results["plain"]
     lines = [
-        f"# Knowledge ablation in the shapes world — guidance_scale {scale}",
+        f"# Knowledge ablation in the shapes world — {describe(sampling)}",
         "",
         f"Measured {datetime.date.today().isoformat()} on {platform.machine()} "
         f"({os.cpu_count()} cores, CPU) with `python -m examples.shapes.ablation` "
-        f"(samples per prompt: {args.samples}, seed {args.seed}, top_k {args.top_k}, "
-        f"guidance_scale {scale}).",
+        f"(samples per prompt: {args.samples}, seed {args.seed}; sampling: {describe(sampling)}; "
+        f"anything not named is plain: no top-k/top-p, temperature 1, guidance 1).",
         "",
         f"- knowledge model: `{args.knowledge}`",
         f"- no-knowledge model (same data, same recipe, no entity vectors): `{args.plain}`",
@@ -170,9 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--prompts", required=True, help="eval_prompts.tsv of the world")
     p.add_argument("--samples", type=int, default=20, help="images per prompt and model")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top_k", type=int, default=0)
-    p.add_argument("--guidance_scale", type=float, nargs="+", default=[1.0],
-                   help="one table per value (same seeds)")
+    p.add_argument("--sampling", nargs="+", type=parse_sampling, default=[{}],
+                   help="one table per item, e.g. guidance_scale=2 or 'top_p=0.9,temperature=0.8' (same seeds)")
     p.add_argument("--out", required=True, help="markdown report to write")
     args = p.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -181,10 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ceil = ceiling(pipes["knowledge"], prompts, args.samples, args.seed)
     n_prompts = {k: sum(p.kind == k for p in prompts) for k in KINDS}
     sections = []
-    for scale in args.guidance_scale:
-        sampling = {"top_k": args.top_k or None, "guidance_scale": scale}
-        results = {name: score(pipe, prompts, args.samples, args.seed, sampling) for name, pipe in pipes.items()}
-        sections.append(report(results, ceil, args, n_prompts, scale))
+    for sampling in args.sampling:
+        results = {name: score(pipe, prompts, args.samples, args.seed, explicit(sampling)) for name, pipe in pipes.items()}
+        sections.append(report(results, ceil, args, n_prompts, sampling))
     text = "\n".join(sections)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out) as tmp:

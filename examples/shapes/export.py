@@ -17,7 +17,10 @@ from pathlib import Path
 
 import torch
 
+from easynlp_artist.models.stage2.sampling import SamplingConfig
 from easynlp_artist.pipeline import ArtistPipeline
+
+from .ablation import describe, parse_sampling
 
 CARD = """# artist-shapes-tiny-zh
 
@@ -30,6 +33,7 @@ also knows entities never named in a training caption (held out, e.g. 樱桃, �
 - images: {size}×{size} px, {tokens} image tokens from a codebook of {codes}
 - GPT: {layers} layers, {width} wide, {heads} heads, text of up to {text_len} tokens; entity vectors of width {edim}
 - parameters: {params:,} (stored as float16, {mb:.1f} MB)
+- sampling defaults (`generation_config.json`, used where a call leaves them unset): {sampling}
 - license: Apache-2.0; the training data is generated, no external data.
 
 Not a general text-to-image model: prompts outside the world's vocabulary of colours, shapes and
@@ -37,8 +41,9 @@ entities give arbitrary shapes.
 """
 
 
-def export(src: str, dst: str) -> Path:
+def export(src: str, dst: str, sampling: dict | None = None) -> Path:
     pipe = ArtistPipeline.from_pretrained(src)
+    pipe.sampling = SamplingConfig().updated(**(sampling or {}))
     dst_path = Path(dst)
     with tempfile.TemporaryDirectory(dir=dst_path.parent if dst_path.parent.exists() else None) as tmp:
         out = pipe.save_pretrained(Path(tmp) / "model", dtype=torch.float16)
@@ -49,6 +54,7 @@ def export(src: str, dst: str) -> Path:
             size=cfg.vqgan.resolution, tokens=cfg.gpt.img_len, codes=cfg.vqgan.n_embed,
             layers=cfg.gpt.n_layer, width=cfg.gpt.n_embd, heads=cfg.gpt.n_head, text_len=cfg.gpt.text_len,
             edim=cfg.gpt.entity_dim, params=sum(p.numel() for p in pipe.model.parameters()), mb=size_mb,
+            sampling=describe(sampling or {}),
         )
         (out / "README.md").write_text(card, encoding="utf-8")
         if dst_path.exists():
@@ -62,8 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m examples.shapes.export", description=__doc__.split("\n")[0])
     p.add_argument("--src", required=True)
     p.add_argument("--dst", required=True)
+    p.add_argument("--sampling", type=parse_sampling, default={},
+                   help="the model's sampling defaults, e.g. top_p=0.9 (default: plain sampling)")
     args = p.parse_args(argv)
-    out = export(args.src, args.dst)
+    out = export(args.src, args.dst, args.sampling)
     for f in sorted(out.iterdir()):
         print(f"{f.stat().st_size:>10,}  {f}")
     return 0

@@ -282,3 +282,19 @@ def test_reader_downsamples_large_images() -> None:
     large = image.resize((4 * IMAGE_SIZE, 4 * IMAGE_SIZE), Image.Resampling.BICUBIC)
     read = read_attributes(large)
     assert (read.colour, read.shape) == ("紫色", "星形")
+
+
+def test_ablation_sampling_settings_parse_and_reject_unknown_keys() -> None:
+    import argparse
+
+    from examples.shapes.ablation import describe, explicit, parse_sampling
+
+    assert parse_sampling("guidance_scale=2,top_p=0.9") == {"guidance_scale": 2.0, "top_p": 0.9}
+    assert parse_sampling("top_k=8 temperature=0.8") == {"top_k": 8, "temperature": 0.8}
+    assert describe(parse_sampling("")) == "plain sampling"
+    # measured settings never fall back to a checkpoint's own defaults
+    assert explicit({"top_p": 0.9}) == {"top_k": 0, "top_p": 0.9, "temperature": 1.0, "guidance_scale": 1.0}
+    with pytest.raises(argparse.ArgumentTypeError, match="topp=0.9"):
+        parse_sampling("topp=0.9")
+    with pytest.raises(ValueError):
+        parse_sampling("top_k=eight")
