@@ -101,8 +101,9 @@ class KVCache:
     ``packed`` optionally maps each ``nn.Linear`` of the model to a copy of its weight in oneDNN's
     blocked layout. A decoding step multiplies a few rows by every weight of the model, which is
     bound by how fast the weights stream from memory; the blocked layout streams faster than
-    PyTorch's ``(out, in)`` one. The copies are made once per cache (0.4-0.7 s at ARTIST-base) and are
-    only used under ``torch.no_grad`` decoding, never for training.
+    PyTorch's ``(out, in)`` one. The copies come from :meth:`ArtistGPT.new_cache`, which keeps them on
+    the model between calls (packing costs 0.4-0.7 s at ARTIST-base); they are only used under
+    ``torch.no_grad`` decoding, never for training.
     """
 
     def __init__(
