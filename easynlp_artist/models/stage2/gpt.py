@@ -356,6 +356,11 @@ class ArtistGPT(nn.Module):
             self.release_packed_weights()
         return super().train(mode)
 
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001,ANN202 - nn.Module's hook for .to(), .half(), ...
+        # the copies belong to the old weights; do not keep them alive after a move or cast
+        self.release_packed_weights()
+        return super()._apply(fn, *args, **kwargs)
+
     def prefill(
         self,
         text_ids: torch.Tensor,
