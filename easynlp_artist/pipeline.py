@@ -163,10 +163,12 @@ class ArtistPipeline:
         """Generate ``num_images_per_prompt`` images for each prompt (prompt-major order).
 
         ``image_prompt_codes`` (B, k): known leading image tokens to complete (e.g. the top rows
-        of ``pipe.model.vqgan.encode(image)``). Sampling arguments left at None take the model's
-        defaults, ``pipe.sampling`` (plain sampling unless the checkpoint's generation_config.json
-        says otherwise); ``top_k=0`` / ``top_p=1.0`` switch a default filter off. ``output_type``: ``"pil"`` (list of PIL images),
+        of ``pipe.model.vqgan.encode(image)``). ``output_type``: ``"pil"`` (list of PIL images),
         ``"np"`` (N, H, W, 3) float in [0, 1], or ``"pt"`` (N, 3, H, W) float in [0, 1].
+
+        Sampling arguments left at None take the model's defaults, ``pipe.sampling`` (plain
+        sampling unless the checkpoint's generation_config.json says otherwise); ``top_k=0`` /
+        ``top_p=1.0`` switch a default filter off.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
@@ -175,7 +177,9 @@ class ArtistPipeline:
             raise ValueError("every prompt must be a string")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        sampling = self.sampling.updated(top_k=top_k, top_p=top_p, temperature=temperature, guidance_scale=guidance_scale)
+        sampling = self.sampling.updated(
+            top_k=top_k, top_p=top_p, temperature=temperature, guidance_scale=guidance_scale
+        )
         text_ids, knowledge = self.encode_prompts(prompts)
         images, codes = self.model.generate(
             text_ids, knowledge, num_images_per_prompt=num_images_per_prompt, sampling=sampling,
