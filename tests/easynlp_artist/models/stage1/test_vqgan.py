@@ -365,3 +365,53 @@ def test_forward_codebook_loss_and_straight_through():
     torch.testing.assert_close(latents.grad, upstream)
     torch.testing.assert_close(quantized.detach(), chosen)
 
+
+# ---- sub-pixel upsampling ---------------------------------------------------------------------------
+
+def upsample_then_convolve(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
+    """taming's Upsample(with_conv=True), written directly."""
+    return F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), conv.weight, conv.bias, padding=1)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_subpixel_upsample_equals_upsample_then_convolve(layout):
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(5, 7, 3, padding=1).double()
+    up = vqgan_module.SubpixelUpsample(conv)
+    x = torch.randn(2, 5, 6, 9, dtype=torch.float64, generator=g).contiguous(memory_format=layout)
+    x.requires_grad_(True)
+    out = up(x)
+    assert out.shape == (2, 7, 12, 18) and out.is_contiguous(memory_format=layout)
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref = upsample_then_convolve(ref_x, conv)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    # gradients reach the input and the original 3x3 weights through the folded phase kernels
+    grad = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    (out * grad).sum().backward()
+    conv_grads = [p.grad.clone() for p in (conv.weight, conv.bias)]
+    conv.zero_grad()
+    (ref * grad).sum().backward()
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-12, atol=1e-12)
+    for got, p in zip(conv_grads, (conv.weight, conv.bias)):
+        torch.testing.assert_close(got, p.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_subpixel_upsample_refolds_after_a_weight_update():
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1).double()
+    up = vqgan_module.SubpixelUpsample(conv)
+    x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        up(x)
+        kept = up.phase_weights()
+        assert up.phase_weights() is kept  # reused while the weight is unchanged
+        conv.weight.mul_(-2.0)  # an in-place update, as an optimizer step
+        torch.testing.assert_close(up(x), upsample_then_convolve(x, conv), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="3x3 convolution with padding 1"):
+        vqgan_module.SubpixelUpsample(torch.nn.Conv2d(3, 4, 3))
+
+
+def test_decoder_upsamplers_are_subpixel_with_taming_keys():
+    model = VQGAN(CFG)
+    ups = [u for block in model.vq_model.decoder.up_blocks for u in (block.upsamplers or [])]
+    assert len(ups) == len(CFG.ch_mult) - 1 and all(isinstance(u, vqgan_module.SubpixelUpsample) for u in ups)
+    assert any(k.endswith("upsamplers.0.conv.weight") for k in model.vq_model.state_dict())
