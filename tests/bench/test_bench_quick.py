@@ -37,5 +37,28 @@ def test_both_benchmarks_print_their_result_lines():
                   "batch 2 guided", "full-recompute check, batch 1:", "GPT cached decode batch 2:"):
         assert any(line.startswith(start) for line in generation.splitlines()), (start, generation)
     assert "ratio" in generation and "peak RSS" in generation and "% of measured matmul" in generation
+    for label in ("vs full recompute as released", "vs full recompute, head on the last position only"):
+        assert sum(line.strip().startswith(label) for line in generation.splitlines()) == 2, (label, generation)
     for start in ("machine:", "code cache:", "cached codes:", "encode each batch:", "ratio "):
         assert any(line.startswith(start) for line in train.splitlines()), (start, train)
+
+
+def test_released_forward_samples_the_same_distribution():
+    """The benchmark's as-released full recompute computes logits at every position but must give the
+    library's next-token logits."""
+    import runpy
+
+    import torch
+
+    from easynlp_artist.models.stage2.gpt import ArtistGPT, GPTConfig
+
+    bench = runpy.run_path(str(ROOT / "bench" / "generation.py"))
+    torch.manual_seed(0)
+    gpt = ArtistGPT(GPTConfig(img_vocab_size=24, text_vocab_size=30, text_len=4, img_len=9, n_layer=2,
+                              n_head=2, n_embd=16)).eval()
+    text = torch.randint(1, 30, (3, 4))
+    prefix = torch.randint(0, 24, (3, 5))
+    view = bench["window_view"](gpt, 7, released=True)
+    assert view.config.img_len == 7 and gpt.config.img_len == 9 and view.head is gpt.head
+    with torch.no_grad():
+        torch.testing.assert_close(view.prefill(text, None, None, prefix), gpt.prefill(text, None, None, prefix))
