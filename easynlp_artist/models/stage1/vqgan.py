@@ -22,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import VQModel
 
+from easynlp_artist.models.derived import DerivedWeight
+
 TAMING_PREFIX = "first_stage_model."
 
 
@@ -172,7 +174,7 @@ class SubpixelUpsample(nn.Module):
         if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1):
             raise ValueError(f"SubpixelUpsample needs a 3x3 convolution with padding 1, got {conv}")
         self.conv = conv
-        self._folded: tuple[tuple, torch.Tensor] | None = None  # (weight key, phase weights)
+        self._folded = DerivedWeight()
 
     def phase_weights(self) -> torch.Tensor:
         """(O, I, 3, 3) kernel -> (4, O, I, 2, 2), one 2x2 kernel per phase in :data:`_PHASES` order.
@@ -182,10 +184,7 @@ class SubpixelUpsample(nn.Module):
         w = self.conv.weight
         if torch.is_grad_enabled() and w.requires_grad:
             return _fold_phases(w)
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
-        if self._folded is None or self._folded[0] != key:
-            self._folded = (key, _fold_phases(w.detach()))
-        return self._folded[1]
+        return self._folded.get(w, _fold_phases)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, C, H, W) -> (B, O, 2H, 2W)
@@ -193,8 +192,10 @@ class SubpixelUpsample(nn.Module):
         weights = self.phase_weights()
         padded = F.pad(x, (1, 1, 1, 1))  # (B, C, H+2, W+2): input row r is padded row r+1
         # keep the input's layout: after the mid-block attention the decoder runs channels-last
-        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        out = torch.empty(B, self.conv.out_channels, 2 * H, 2 * W, dtype=x.dtype, device=x.device, memory_format=layout)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        out = torch.empty(B, self.conv.out_channels, 2 * H, 2 * W, dtype=x.dtype, device=x.device,
+                          memory_format=layout)
         for (a, b), w in zip(_PHASES, weights):
             # phase a reads input rows i-1+a, i+a = padded rows i+a, i+a+1 for i in 0..H-1
             window = padded[:, :, a : a + H + 1, b : b + W + 1]

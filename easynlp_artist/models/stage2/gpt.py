@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from easynlp_artist.knowledge.batch import KnowledgeInputs
+from easynlp_artist.models.derived import DerivedWeight
 from easynlp_artist.models.state_dicts import mismatches
 
 # Keys of the original minGPT checkpoint that carry no weights (a causal-mask buffer per block).
@@ -220,9 +221,9 @@ class ArtistGPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.head = nn.Linear(config.n_embd, config.img_vocab_size, bias=False)
         self.apply(self._init_weights)
-        # oneDNN-packed copies of the Linear weights for decoding, kept between sampling calls:
-        # module -> ((data_ptr, version, dtype), packed). See new_cache.
-        self._packs: dict[nn.Linear, tuple[tuple, torch.Tensor]] = {}
+        # oneDNN-packed copies of the Linear weights for decoding, kept between sampling calls
+        # (see new_cache)
+        self._packs: dict[nn.Linear, DerivedWeight] = {}
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -336,16 +337,10 @@ class ArtistGPT(nn.Module):
             packed = {m: self._packed_weight(m, batch) for m in linears}
         return KVCache(self.config, batch, device or p.device, dtype or p.dtype, packed)
 
-    @torch.no_grad()
     def _packed_weight(self, module: nn.Linear, rows: int) -> torch.Tensor:
-        w = module.weight
         # the row count is only oneDNN's layout hint; copies made for 2 rows serve 256 as fast
-        key = (w.data_ptr(), w._version, w.dtype)
-        hit = self._packs.get(module)
-        if hit is None or hit[0] != key:
-            hit = (key, torch.ops.mkldnn._reorder_linear_weight(w, rows))
-            self._packs[module] = hit
-        return hit[1]
+        derived = self._packs.setdefault(module, DerivedWeight())
+        return derived.get(module.weight, lambda w: torch.ops.mkldnn._reorder_linear_weight(w, rows))
 
     def release_packed_weights(self) -> None:
         """Free the packed decoding copies of the weights (remade by the next sampling call)."""
