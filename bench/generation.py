@@ -124,10 +124,8 @@ class ReleasedForward(ArtistGPT):
     def prefill(self, text_ids, knowledge, cache, image_prefix=None):  # noqa: ANN001,ANN201
         if cache is not None:
             raise ValueError("ReleasedForward only models the full recompute")
-        x = self.embed_text(text_ids, knowledge)
-        if image_prefix is not None and image_prefix.shape[1]:
-            x = torch.cat([x, self.tok_emb(image_prefix)], dim=1)
-        return self.head(self._run(x, 0, None))[:, -1]  # (B, T, V) logits, then the last position
+        h = self.prefill_hidden(text_ids, knowledge, None, image_prefix)
+        return self.head(h)[:, -1]  # (B, T, V) logits, then the last position
 
 
 def window_view(gpt: ArtistGPT, end: int, released: bool = False) -> ArtistGPT:

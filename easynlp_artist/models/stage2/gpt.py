@@ -364,11 +364,21 @@ class ArtistGPT(nn.Module):
         image_prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run text (+ known leading image tokens); return logits for the next image token (B, V)."""
+        h = self.prefill_hidden(text_ids, knowledge, cache, image_prefix)
+        return self.head(h[:, -1]) if cache is None else cache.linear(self.head, h[:, -1])
+
+    def prefill_hidden(
+        self,
+        text_ids: torch.Tensor,
+        knowledge: KnowledgeInputs | None,
+        cache: KVCache | None,
+        image_prefix: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states (B, Tt + k, C) of the text and the k known leading image tokens."""
         x = self.embed_text(text_ids, knowledge)
         if image_prefix is not None and image_prefix.shape[1]:
             x = torch.cat([x, self.tok_emb(image_prefix)], dim=1)
-        h = self._run(x, 0, cache)
-        return self.head(h[:, -1]) if cache is None else cache.linear(self.head, h[:, -1])
+        return self._run(x, 0, cache)
 
     def step(self, image_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Feed the newest image token (B, 1) after ``cache.length`` cached positions → logits (B, V)."""
