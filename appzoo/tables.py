@@ -114,11 +114,15 @@ class Schema:
 
     @classmethod
     def parse(cls, text: str, *, flag: str = "input_schema") -> Schema:
-        """``"idx:str:1,text:str:1"`` → Schema; errors name the 1-based entry."""
-        if not text or not text.strip():
-            raise ValueError(f"--{flag} is empty")
+        """``"idx:str:1,text:str:1"`` → Schema; errors name the 1-based entry.
+
+        Empty (or blank) entries are ignored, so EasyNLP's ``idx:str:1,text:str:1,`` with its
+        trailing comma reads as two columns; entries keep their position in the text for errors.
+        """
         columns = []
-        for position, item in enumerate(text.split(","), start=1):
+        for position, item in enumerate((text or "").split(","), start=1):
+            if not item.strip():
+                continue
             parts = [p.strip() for p in item.split(":")]
             if len(parts) == 2:
                 parts.append("1")
@@ -135,6 +139,8 @@ class Schema:
             if any(c.name == name for c in columns):
                 raise ValueError(f"--{flag}: column {name!r} appears twice")
             columns.append(Column(name, kind, int(length)))
+        if not columns:
+            raise ValueError(f"--{flag} is empty")
         return cls(tuple(columns))
 
     @property

@@ -64,6 +64,16 @@ def test_schema_errors(text, message):
         Schema.parse(text)
 
 
+def test_schema_ignores_empty_items_such_as_the_tutorials_trailing_comma():
+    # EasyNLP's tutorial writes --input_schema=idx:str:1,text:str:1,
+    assert Schema.parse("idx:str:1,text:str:1,").names == ("idx", "text")
+    assert Schema.parse("idx:str:1, ,text:str:1,,imgbase64:str:1").names == ("idx", "text", "imgbase64")
+    with pytest.raises(ValueError, match=r"entry 3 'text' is not name:type:length"):
+        Schema.parse("idx:str:1,,text,")
+    with pytest.raises(ValueError, match="--input_schema is empty"):
+        Schema.parse(", ,")
+
+
 # ------------------------------------------------------------------------------------------------ rows
 
 
