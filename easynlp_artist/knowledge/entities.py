@@ -6,7 +6,9 @@ EasyNLP original (what the released ARTIST knowledge model used):
 
 - ``entity2id.txt``: UTF-8; the first line is a header and is ignored (OpenKE writes the entity count
   there; we write it too); then one ``name<TAB>id`` per line. Whitespace around the name and the id is
-  stripped. ``id`` is a non-negative integer, the row of the entity's vector.
+  stripped. ``id`` is a non-negative integer, the row of the entity's vector. A name that appears again
+  keeps its last id (as EasyNLP, which reads the file into a dict; CN-DBpedia-scale dictionaries have
+  such repeats), with one warning counting them.
 - ``entity2vec.pt``: ``torch.save`` of one float tensor ``(N, D)``; row ``id`` is the vector of entity ``id``.
 
 Ours (``EntityStore.save`` / ``EntityStore.from_dir``):
@@ -14,8 +16,8 @@ Ours (``EntityStore.save`` / ``EntityStore.from_dir``):
 - ``entities.safetensors``: ``vectors`` ``(N, D)`` float32 and ``ids`` ``(M,)`` int64;
 - ``entity_names.txt``: ``M`` lines, UTF-8, no header; line ``k`` is the name of entity ``ids[k]``.
 
-Both are validated on load: malformed lines, empty or duplicate names, duplicate ids, ids outside the
-vector table, vectors that are not a 2-D float tensor or hold NaN/inf. Each error is an
+Both are validated on load: malformed lines, empty names, duplicate names (our format), duplicate ids,
+ids outside the vector table, vectors that are not a 2-D float tensor or hold NaN/inf. Each error is an
 :class:`EntityFileError` naming the file and the 1-based line and column. A dictionary with no names is
 allowed (knowledge then does nothing) with a warning. ``D`` comes from the data (100 in the release).
 Vectors are kept as float32. Not every vector row needs a name.
@@ -23,9 +25,11 @@ Vectors are kept as float32. Not every vector row needs a name.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -38,6 +42,9 @@ ENTITY2VEC_FILE = "entity2vec.pt"
 SAFETENSORS_FILE = "entities.safetensors"
 NAMES_FILE = "entity_names.txt"
 _FORBIDDEN_IN_NAMES = ("\t", "\n", "\r")
+_REPEATS_SHOWN = 5  # line numbers of repeated names named in the warning
+
+logger = logging.getLogger(__name__)
 
 # (row k of the name table) -> (path, line, column) of the name or of the id of that row
 Where = Callable[[int], tuple[str | None, int | None, int | None]]
@@ -156,16 +163,11 @@ class EntityStore:
         except Exception as e:  # torch raises several unrelated types for a corrupt file
             raise EntityFileError(f"cannot read a tensor: {e}", entity2vec_path) from e
         vectors = _check_vectors(raw, entity2vec_path)
-        names, ids, name_cols, id_cols = read_entity2id(entity2id_path)
-
-        def name_at(k: int):
-            return entity2id_path, k + 2, name_cols[k]
-
-        def id_at(k: int):
-            return entity2id_path, k + 2, id_cols[k]
-
-        _check_names(names, ids, vectors.shape[0], name_at, id_at)
-        return cls(names, ids, vectors, source=entity2id_path, _checked=True)
+        entries = read_entity2id(entity2id_path)
+        _check_names(
+            entries.names, entries.ids, vectors.shape[0], entries.name_at(entity2id_path), entries.id_at(entity2id_path)
+        )
+        return cls(entries.names, entries.ids, vectors, source=entity2id_path, _checked=True)
 
     def save_easynlp(self, out_dir: str | os.PathLike) -> tuple[str, str]:
         """Write ``entity2id.txt`` (header: the number of names) and ``entity2vec.pt``; returns both paths."""
@@ -253,17 +255,35 @@ def _decode(raw: bytes, path: str, lineno: int) -> str:
         raise EntityFileError(f"invalid UTF-8 ({e.reason})", path, lineno, e.start + 1) from e
 
 
-def read_entity2id(path: str | os.PathLike) -> tuple[list[str], list[int], list[int], list[int]]:
-    """Parse ``entity2id.txt``: ``(names, ids, name_columns, id_columns)``, entries from line 2 on.
+@dataclass
+class Entity2Id:
+    """The entries of an ``entity2id.txt``, one per distinct name, with where each was read."""
 
-    Checks the line format only (two tab-separated fields, non-empty name, non-negative integer id);
-    duplicates and ranges are checked by the store.
+    names: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # 1-based line of the id kept for each name
+    name_cols: list[int] = field(default_factory=list)
+    id_cols: list[int] = field(default_factory=list)
+    repeated_lines: list[int] = field(default_factory=list)  # lines that repeated an earlier name
+
+    def name_at(self, path: str) -> Where:
+        return lambda k: (path, self.lines[k], self.name_cols[k])
+
+    def id_at(self, path: str) -> Where:
+        return lambda k: (path, self.lines[k], self.id_cols[k])
+
+
+def read_entity2id(path: str | os.PathLike) -> Entity2Id:
+    """Parse ``entity2id.txt``: a header line, then ``name<TAB>id`` entries from line 2 on.
+
+    Checks the line format (two tab-separated fields, non-empty name, non-negative integer id).
+    A name given again keeps its LAST id, as EasyNLP (which reads the file into a dict) does, and the
+    place of its first line; the repeats are counted in one warning. Duplicate ids among the kept
+    entries and id ranges are checked by the store.
     """
     path = os.fspath(path)
-    names: list[str] = []
-    ids: list[int] = []
-    name_cols: list[int] = []
-    id_cols: list[int] = []
+    out = Entity2Id()
+    position: dict[str, int] = {}
     with open(path, "rb") as f:
         header = f.readline()
         _decode(header, path, 1)
@@ -278,8 +298,23 @@ def read_entity2id(path: str | os.PathLike) -> tuple[list[str], list[int], list[
                 raise EntityFileError("empty entity name", path, lineno, 1)
             if not id_text.isdigit() or not id_text.isascii():
                 raise EntityFileError(f"entity id must be a non-negative integer, found {fields[1]!r}", path, lineno, id_col)
-            names.append(name)
-            ids.append(int(id_text))
-            name_cols.append(1 + len(fields[0]) - len(fields[0].lstrip()))
-            id_cols.append(id_col)
-    return names, ids, name_cols, id_cols
+            name_col = 1 + len(fields[0]) - len(fields[0].lstrip())
+            k = position.get(name)
+            if k is None:
+                position[name] = len(out.names)
+                out.names.append(name)
+                out.ids.append(int(id_text))
+                out.lines.append(lineno)
+                out.name_cols.append(name_col)
+                out.id_cols.append(id_col)
+            else:
+                out.repeated_lines.append(lineno)
+                out.ids[k], out.lines[k], out.name_cols[k], out.id_cols[k] = int(id_text), lineno, name_col, id_col
+    if out.repeated_lines:
+        shown = ", ".join(map(str, out.repeated_lines[:_REPEATS_SHOWN]))
+        more = ", ..." if len(out.repeated_lines) > _REPEATS_SHOWN else ""
+        logger.warning(
+            "%s: %d repeated entity name(s), each keeping its last id as EasyNLP does (lines %s%s)",
+            path, len(out.repeated_lines), shown, more,
+        )
+    return out

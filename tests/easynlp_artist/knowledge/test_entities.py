@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -45,7 +47,8 @@ def test_empty_dictionary_warns(tmp_path):
         ("南京\t0\n长江\tx1\n", 3, 4, "non-negative integer"),
         ("南京\t0\n长江\t-1\n", 3, 4, "non-negative integer"),
         ("南京\t0\n\t1\n", 3, 1, "empty entity name"),
-        ("南京\t0\n南京\t1\n", 3, 1, "duplicate entity name '南京' .first at line 2."),
+        # 南京's repeat keeps its last id (1, line 3), which 长江 on line 4 then repeats
+        ("南京\t0\n南京\t1\n长江\t1\n", 4, 4, "duplicate entity id 1 .first at line 3."),
         ("南京\t0\n长江\t0\n", 3, 4, "duplicate entity id 0 .first at line 2."),
         ("南京\t0\n长江\t3\n", 3, 4, r"outside the vector table \[0, 3\)"),
         ("南京\t0\n\n", 3, 1, "found 1 field"),
@@ -60,6 +63,25 @@ def test_entity2id_errors_name_file_line_column(tmp_path, body, line, column, me
     err = info.value
     assert (err.path, err.line, err.column) == (str(id_path), line, column)
     assert str(err).startswith(f"{id_path}:{line}:{column}: ")
+
+
+def test_entity2id_repeated_names_keep_the_last_id_with_one_warning(tmp_path, caplog):
+    # EasyNLP reads entity2id.txt into a dict: a repeated name keeps its last id. Here 南京 repeats
+    # with ids 0 -> 2 -> 4 and 长江 with 5 -> 1 (so the overridden ids 0, 2, 5 may be reused or out of range).
+    lines = ["南京\t0", "长江\t5", "南京\t2", "上海\t0", "南京\t4", "长江\t1"]
+    lines += [f"名{k}\t{6 + k}" for k in range(4)] + [f"名{k}\t{6 + k}" for k in range(4)]  # exact repeats
+    id_path = tmp_path / "entity2id.txt"
+    id_path.write_text("14\n" + "".join(line + "\n" for line in lines), encoding="utf-8")
+    torch.save(torch.randn(10, 3), tmp_path / "entity2vec.pt")
+    with caplog.at_level(logging.WARNING, logger="easynlp_artist.knowledge.entities"):
+        store = EntityStore.from_easynlp(id_path, tmp_path / "entity2vec.pt")
+    assert dict(store.items()) == {"南京": 4, "长江": 1, "上海": 0, **{f"名{k}": 6 + k for k in range(4)}}
+    assert store.names[:3] == ["南京", "长江", "上海"]  # a name keeps the place of its first line
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert str(id_path) in message and "7 repeated entity name" in message
+    assert "lines 4, 6, 7, 12, 13, ..." in message and "last id" in message
 
 
 def test_entity2id_invalid_utf8(tmp_path):
