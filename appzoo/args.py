@@ -1,7 +1,7 @@
 """EasyNLP's command-line flags, parsed once into a typed :class:`CommonArgs`.
 
 Both ``--flag=value`` and ``--flag value`` work. Flags are never abbreviated, a mistyped flag is an
-error with a "did you mean" hint, and booleans accept only true/false/1/0/yes/no (any case); a bare
+error with a "did you mean" hint, and booleans accept only true/false, 1/0, yes/no, on/off (any case); a bare
 boolean flag (``--use_amp``) means true.
 """
 
@@ -14,24 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from modelzoo.files import parse_bool
+
 MODES = ("train", "evaluate", "predict")
-
-_TRUE = frozenset({"true", "1", "yes"})
-_FALSE = frozenset({"false", "0", "no"})
-
 
 class UsageError(ValueError):
     """Bad command-line input; the CLI prints it as one line and exits with status 2."""
-
-
-def parse_bool(text: str) -> bool:
-    """``true/1/yes`` → True, ``false/0/no`` → False (case-insensitive); anything else is an error."""
-    lowered = text.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(f"expected a boolean (true/false/1/0/yes/no), got {text!r}")
 
 
 def split_list(text: str) -> list[str]:

@@ -1,7 +1,7 @@
 """``--user_defined_parameters``: whitespace-separated ``key=value`` pairs → an app's typed dataclass.
 
-Values are converted from the dataclass field types: ``int``, ``float``, ``bool`` (true/false/1/0/
-yes/no), ``str``, ``Optional[...]`` (``none``/``null`` → None), ``Literal[...]`` and tuples/lists
+Values are converted from the dataclass field types: ``int``, ``float``, ``bool`` (true/false, 1/0,
+yes/no, on/off), ``str``, ``Optional[...]`` (``none``/``null`` → None), ``Literal[...]`` and tuples/lists
 of scalars written with commas (``size=256,256``). Unknown keys (with a "did you mean" hint),
 duplicate keys, tokens without ``=`` and missing required keys are errors.
 """
@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from appzoo.args import parse_bool
+from modelzoo.files import parse_bool
 
 T = TypeVar("T")
 

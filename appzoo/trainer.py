@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import random
-import secrets
 import shutil
 import sys
 import time
@@ -57,6 +56,7 @@ from appzoo.distributed import (
     my_shard,
 )
 from appzoo.errors import RunError
+from modelzoo.files import fsync_path, publish_dir, recover_dir, temp_sibling
 
 logger = logging.getLogger("appzoo.trainer")
 
@@ -222,41 +222,11 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
-def recover_checkpoint_dir(root: Path, remove_temp: bool = True) -> None:
-    """Undo a checkpoint swap interrupted between its two renames; drop stale temporary dirs."""
-    if not root.is_dir():
-        return
-    for old in root.glob(".old-*"):
-        target = root / old.name[len(".old-"):]
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, target)
-    for stale in root.glob(".tmp-*") if remove_temp else ():
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def _make_temp_dir(root: Path, name: str) -> Path:
-    temp = root / f".tmp-{name}-{os.getpid()}-{secrets.token_hex(4)}"
-    temp.mkdir()
-    return temp
-
-
-def _publish_dir(temp: Path, target: Path) -> None:
-    old = target.with_name(f".old-{target.name}")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(temp, target)
-    shutil.rmtree(old, ignore_errors=True)
+def recover_checkpoint_dir(root: Path) -> None:
+    """Repair ``last``/``best`` swaps interrupted between their renames; drop staging folders of
+    killed writers (those of running processes are kept)."""
+    for name in ("last", "best"):
+        recover_dir(root / name)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -417,7 +387,7 @@ class Trainer:
             recover_checkpoint_dir(self.checkpoint_dir)
             if resume is not None:
                 for root in (resume, resume.parent):
-                    recover_checkpoint_dir(root, remove_temp=False)
+                    recover_checkpoint_dir(root)
         barrier()
         if resume is not None:
             self._resume(resolve_checkpoint(resume))
@@ -602,7 +572,8 @@ class Trainer:
     def _write_checkpoint(self, rng_states: list[dict], is_best: bool) -> None:
         root = self.checkpoint_dir
         root.mkdir(parents=True, exist_ok=True)
-        temp = _make_temp_dir(root, "last")
+        temp = temp_sibling(root / "last", "staging")
+        temp.mkdir()
         temp_best: Path | None = None
         try:
             self.save_model_fn(self.model, temp)
@@ -611,14 +582,14 @@ class Trainer:
                 from safetensors.torch import save_model
 
                 save_model(self.model, str(temp / MODEL_FILE))
-            _fsync_tree(temp)
+            fsync_path(temp)
             if is_best:
-                temp_best = _make_temp_dir(root, "best")
-                shutil.copytree(temp, temp_best, dirs_exist_ok=True)
-                _fsync_tree(temp_best)
-            _publish_dir(temp, root / "last")
+                temp_best = temp_sibling(root / "best", "staging")
+                shutil.copytree(temp, temp_best)
+                fsync_path(temp_best)
+            publish_dir(temp, root / "last")
             if temp_best is not None:
-                _publish_dir(temp_best, root / "best")
+                publish_dir(temp_best, root / "best")
         finally:
             for leftover in (temp, temp_best):
                 if leftover is not None and leftover.exists():

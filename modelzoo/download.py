@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import ChecksumError, ModelZooError, StorageError
+from .files import env_number, write_text_atomic
 from .storage import RangeStream, open_range, redact
 
 log = logging.getLogger(__name__)
@@ -63,20 +64,11 @@ class RetryPolicy:
 
     @classmethod
     def from_env(cls) -> RetryPolicy:
-        def number(var: str, default: float, kind: type) -> float:
-            value = os.environ.get(var, "")
-            if not value:
-                return default
-            try:
-                parsed = kind(value)
-            except ValueError as e:
-                raise ModelZooError(f"{var}={value!r} is not a valid {kind.__name__}") from e
-            if parsed < 0 or (var.endswith("RETRIES") and parsed < 1):
-                raise ModelZooError(f"{var}={value!r} is out of range")
-            return parsed
-
-        return cls(attempts=int(number("EASYNLP_MODELZOO_RETRIES", cls.attempts, int)),
-                   backoff_s=number("EASYNLP_MODELZOO_BACKOFF", cls.backoff_s, float))
+        try:
+            return cls(attempts=int(env_number("EASYNLP_MODELZOO_RETRIES", cls.attempts, int, minimum=1)),
+                       backoff_s=env_number("EASYNLP_MODELZOO_BACKOFF", cls.backoff_s, minimum=0))
+        except ValueError as e:
+            raise ModelZooError(str(e)) from None
 
     def wait(self, attempt: int) -> float:
         base = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
@@ -143,11 +135,8 @@ def _resume_state(partial: Path, uri: str) -> tuple[int, str | None]:
 
 
 def _write_state(partial: Path, uri: str, validator: str | None) -> None:
-    side = _sidecar(partial)
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps({"uri_sha256": hashlib.sha256(uri.encode()).hexdigest(),
-                               "validator": validator}), encoding="utf-8")
-    os.replace(tmp, side)
+    write_text_atomic(_sidecar(partial), json.dumps({"uri_sha256": hashlib.sha256(uri.encode()).hexdigest(),
+                                                   "validator": validator}))
 
 
 def fetch(uri: str, partial: Path, *, expected_size: int | None = None, expected_sha256: str | None = None,

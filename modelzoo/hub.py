@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from .download import RetryPolicy, fetch, sha256_file
 from .errors import ChecksumError, ModelZooError
+from .files import env_bool, env_number, publish_dir, recover_dir, write_text_atomic
 from .index import NAME_RE, ModelEntry, Registry, archive_format, cache_key, load_registry
 from .storage import is_remote, local_path, redact, scheme_of
 
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = "~/.cache/easynlp_artist/modelzoo"
 META_NAME = ".modelzoo.json"
 DEFAULT_LOCK_TIMEOUT_S = 3600.0
-_TRUE = ("1", "true", "yes", "on")
 
 
 class UnverifiedDownloadWarning(UserWarning):
@@ -53,15 +53,17 @@ def default_cache_dir() -> Path:
 def is_offline(offline: bool | None = None) -> bool:
     if offline is not None:
         return offline
-    return os.environ.get("EASYNLP_MODELZOO_OFFLINE", "").strip().lower() in _TRUE
+    try:
+        return env_bool("EASYNLP_MODELZOO_OFFLINE")
+    except ValueError as e:
+        raise ModelZooError(str(e)) from None
 
 
 def _lock_timeout() -> float:
-    value = os.environ.get("EASYNLP_MODELZOO_LOCK_TIMEOUT", "")
     try:
-        return float(value) if value else DEFAULT_LOCK_TIMEOUT_S
+        return env_number("EASYNLP_MODELZOO_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT_S, minimum=0)
     except ValueError as e:
-        raise ModelZooError(f"EASYNLP_MODELZOO_LOCK_TIMEOUT={value!r} is not a number of seconds") from e
+        raise ModelZooError(f"{e} (seconds)") from None
 
 
 def adhoc_entry(uri: str) -> ModelEntry:
@@ -309,22 +311,14 @@ def _download_and_install(entry: ModelEntry, cache: Cache, dest: Path) -> None:
             "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "index": entry.source,
         }
-        meta_tmp = root / (META_NAME + ".tmp")
-        meta_tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
-        os.replace(meta_tmp, root / META_NAME)
-        _swap_in(root, dest, staging)
+        write_text_atomic(root / META_NAME, json.dumps(meta, indent=1, ensure_ascii=False))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        recover_dir(dest)
+        publish_dir(root, dest)
     finally:
         for part in parts_to_remove:  # verified archives: installed, or refused (e.g. unsafe members)
             part.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _swap_in(new: Path, dest: Path, staging: Path) -> None:
-    """Move ``new`` to ``dest``; an older install is moved aside first and deleted after."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists():
-        os.replace(dest, staging / "previous")
-    os.replace(new, dest)
 
 
 @dataclass

@@ -31,7 +31,6 @@ import importlib.util
 import io
 import os
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import StorageError
+from .files import env_number, publish_file, remove_stale, temp_sibling
 
 REMOTE_SCHEMES = ("http", "https", "s3", "oss")
 LOCAL_SCHEMES = ("file", "package")
@@ -121,11 +121,10 @@ def local_path(uri: str) -> Path | None:
 
 
 def _read_timeout() -> float:
-    value = os.environ.get("EASYNLP_MODELZOO_TIMEOUT", "")
     try:
-        return float(value) if value else DEFAULT_READ_TIMEOUT_S
+        return env_number("EASYNLP_MODELZOO_TIMEOUT", DEFAULT_READ_TIMEOUT_S, minimum=0)
     except ValueError as e:
-        raise StorageError(f"EASYNLP_MODELZOO_TIMEOUT={value!r} is not a number of seconds") from e
+        raise StorageError(f"{e} (seconds)") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -602,8 +601,9 @@ class _AtomicLocalFile:
     """
 
     def __init__(self, path: Path, mode: str):
-        path = path.expanduser()
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        path = Path(os.path.abspath(path.expanduser()))
+        remove_stale(path)
+        tmp = temp_sibling(path)
         # os.open with 0o666 lets the process umask decide the final permissions, as open() would.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self._path, self._tmp = path, tmp
@@ -628,11 +628,10 @@ class _AtomicLocalFile:
             return
         try:
             self._file.flush()
-            os.fsync(self._file.fileno())
         finally:
             self._file.close()
         try:
-            os.replace(self._tmp, self._path)
+            publish_file(self._tmp, self._path)
         except OSError:
             self._tmp.unlink(missing_ok=True)
             raise

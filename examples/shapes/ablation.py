@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from easynlp_artist._io import atomic_path
 from easynlp_artist.models.stage2.sampling import SamplingConfig
 from easynlp_artist.pipeline import ArtistPipeline
+from modelzoo.files import atomic_path
 
 from .attributes import read_attributes
 from .palette import IMAGE_SIZE

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from modelzoo.files import write_text_atomic
+
 from .knowledge import (
     ENTITIES,
     Entity,
@@ -337,18 +339,6 @@ def check_vocabulary() -> None:
 # Writing
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a fresh temporary file beside ``path`` (usual permissions), then rename it over."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _tsv(rows: Iterable[Sequence[str]]) -> str:
     return "".join("\t".join(row) + "\n" for row in rows)
 
@@ -391,14 +381,14 @@ def build_world(
             (str(i), ex.text, png_base64(render_scene(ex.scene)))
             for i, ex in enumerate(sample_examples(rng, n, seen))
         ]
-        _write_atomic(out / f"{split}.tsv", _tsv(rows))
+        write_text_atomic(out / f"{split}.tsv", _tsv(rows))
 
     rng = np.random.default_rng([seed, _SPLIT_STREAMS["test"]])
-    _write_atomic(
+    write_text_atomic(
         out / "test.tsv",
         _tsv((str(i), p.prompt) for i, p in enumerate(sample_test_prompts(rng, n_test_prompts))),
     )
-    _write_atomic(
+    write_text_atomic(
         out / "eval_prompts.tsv",
         _tsv(
             [("kind", "prompt", "colour", "shape")]
@@ -409,9 +399,9 @@ def build_world(
     triples = build_triples()
     nodes = graph_nodes(triples)
     relations = graph_relations(triples)
-    _write_atomic(out / "triples.tsv", _tsv(triples))
-    _write_atomic(out / "entity2id.txt", _id_file(nodes))
-    _write_atomic(out / "relation2id.txt", _id_file(relations))
+    write_text_atomic(out / "triples.tsv", _tsv(triples))
+    write_text_atomic(out / "entity2id.txt", _id_file(nodes))
+    write_text_atomic(out / "relation2id.txt", _id_file(relations))
 
     files = WorldFiles(
         out_dir=out,
@@ -436,7 +426,7 @@ def build_world(
         "relations": relations,
         "counts": {k: v for k, v in asdict(files).items() if k != "out_dir"},
     }
-    _write_atomic(out / "entities.json", json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
+    write_text_atomic(out / "entities.json", json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
     return files
 
 

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from appzoo.args import CommonArgs, UsageError, parse_bool
+from appzoo.args import CommonArgs, UsageError
+from modelzoo.files import parse_bool
 
 
 def test_defaults_and_both_flag_forms():
@@ -24,7 +25,7 @@ def test_defaults_and_both_flag_forms():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("true", True), ("True", True), ("YES", True), ("1", True), ("False", False), ("false", False),
-     ("no", False), ("0", False), ("No", False)],
+     ("no", False), ("0", False), ("No", False), ("on", True), ("OFF", False)],
 )
 def test_bool_flags_parse_all_spellings(text, expected):
     assert parse_bool(text) is expected

@@ -36,7 +36,7 @@ def test_sigkill_during_checkpoint_then_resume_matches_uninterrupted(toy_env, tm
     # only exists as a temporary directory
     assert torch.load(killed / "last" / STATE_FILE, weights_only=True)["step"] == 2
     leftovers = [p.name for p in killed.iterdir() if p.name != "last"]
-    assert len(leftovers) == 1 and leftovers[0].startswith(".tmp-last-")
+    assert len(leftovers) == 1 and leftovers[0].startswith(".last.") and leftovers[0].endswith(".staging")
 
     _train(toy_env, table, killed, udp, f"--resume_from_checkpoint={killed / 'last'}")
     assert sorted(p.name for p in killed.iterdir()) == ["last"]

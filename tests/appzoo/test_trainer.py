@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import math
+import subprocess
 
 import pytest
 import torch
@@ -190,14 +191,22 @@ def test_bf16_autocast_on_cpu_trains(toy_plugin, tmp_path):
     assert not torch.equal(before["net.0.weight"], model.state_dict()["net.0.weight"])
 
 
+def closed_pid() -> int:
+    """The id of a process that has exited (a writer killed mid-checkpoint)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
 def test_interrupted_swap_is_recovered_before_resume(toy_plugin, tmp_path):
     data = _examples(8)
     model = toy_plugin.build_model(toy_plugin.ToyParams(), seed=0)
     Trainer(model, data, toy_plugin.collate, _config(tmp_path, epoch_num=1), save_model_fn=_save).train()
     root = tmp_path / "ckpt"
-    # a crash between "last -> .old-last" and ".tmp-last-* -> last": only the old copy and a temp dir remain
+    # a crash between "last -> .old-last" and ".last.PID-*.staging -> last": only the old copy and the
+    # killed writer's staging folder remain
     (root / "last").rename(root / ".old-last")
-    (root / ".tmp-last-123-abcd").mkdir()
+    (root / f".last.{closed_pid()}-abcd1234.staging").mkdir()
     cfg = _config(tmp_path, epoch_num=2, resume_from_checkpoint=str(root / "last"))
     trainer = Trainer(model, data, toy_plugin.collate, cfg, save_model_fn=_save)
     assert trainer.train()["global_step"] == 4

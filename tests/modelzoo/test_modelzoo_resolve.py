@@ -307,7 +307,7 @@ def test_unsupported_scheme_and_bad_settings(zoo, monkeypatch):
     with pytest.raises(modelzoo.ModelZooError, match="unsupported scheme 'ftp'"):
         modelzoo.resolve("ftp://host/model.tgz")
     monkeypatch.setenv("EASYNLP_MODELZOO_RETRIES", "0")
-    with pytest.raises(modelzoo.ModelZooError, match="EASYNLP_MODELZOO_RETRIES='0' is out of range"):
+    with pytest.raises(modelzoo.ModelZooError, match="EASYNLP_MODELZOO_RETRIES='0' must be at least 1"):
         modelzoo.resolve(f"http://127.0.0.1:{closed_port()}/m.tgz")
 
 
