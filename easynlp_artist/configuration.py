@@ -22,8 +22,62 @@ _ORIGINAL_GPT_KEYS = {
     "vocab_size", "img_vocab_size", "text_vocab_size", "block_size", "n_layer", "n_head", "n_embd",
     "embd_pdrop", "resid_pdrop", "attn_pdrop", "n_unmasked",
 }
-# Bookkeeping keys the original files may carry; they describe nothing we build.
-_ORIGINAL_IGNORED_KEYS = {"vqgan", "model_type", "architectures", "transformers_version", "_name_or_path"}
+_ORIGINAL_INT_KEYS = ("vocab_size", "img_vocab_size", "text_vocab_size", "block_size", "n_layer", "n_head",
+                      "n_embd", "n_unmasked")
+_ORIGINAL_FLOAT_KEYS = ("embd_pdrop", "resid_pdrop", "attn_pdrop")
+# The keys transformers' ``PretrainedConfig.to_dict()`` wrote in the 4.x releases EasyNLP saved its
+# configs with. Today's ``PretrainedConfig().to_dict()`` lists only a dozen of them (transformers 5
+# dropped the generation and head-pruning defaults), so the list is written out here and the current
+# version's keys are added at run time (:func:`_standard_keys`). They describe nothing we build.
+_TRANSFORMERS_4_KEYS = frozenset({
+    "return_dict", "output_hidden_states", "output_attentions", "torchscript", "torch_dtype", "use_bfloat16",
+    "pruned_heads", "tie_word_embeddings", "is_encoder_decoder", "is_decoder", "add_cross_attention",
+    "tie_encoder_decoder", "max_length", "min_length", "do_sample", "early_stopping", "num_beams",
+    "num_beam_groups", "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
+    "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
+    "num_return_sequences", "chunk_size_feed_forward", "output_scores", "return_dict_in_generate",
+    "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
+    "suppress_tokens", "begin_suppress_tokens", "architectures", "finetuning_task", "id2label", "label2id",
+    "tokenizer_class", "prefix", "bos_token_id", "pad_token_id", "eos_token_id", "sep_token_id",
+    "decoder_start_token_id", "task_specific_params", "problem_type", "transformers_version", "_name_or_path",
+    "_commit_hash", "model_type",
+})
+_standard_keys_cache: frozenset[str] | None = None
+
+
+def _standard_keys() -> frozenset[str]:
+    """Keys any transformers config carries: the 4.x list above plus the installed version's own."""
+    global _standard_keys_cache
+    if _standard_keys_cache is None:
+        try:
+            from transformers import PretrainedConfig
+
+            current = set(PretrainedConfig().to_dict())
+        except Exception:  # an unusable transformers install must not stop a checkpoint from loading
+            current = set()
+        _standard_keys_cache = _TRANSFORMERS_4_KEYS | current
+    return _standard_keys_cache
+
+
+def _check_original_types(d: dict) -> dict:
+    """The GPT fields of an original config.json with their types checked; integral floats become ints."""
+    out = dict(d)
+    for key in _ORIGINAL_INT_KEYS:
+        if key not in d:
+            continue
+        v = d[key]
+        if isinstance(v, float) and v.is_integer():
+            out[key] = int(v)
+        elif isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"config.json field {key} must be an integer, got {v!r} ({type(v).__name__})")
+    for key in _ORIGINAL_FLOAT_KEYS:
+        if key not in d:
+            continue
+        v = d[key]
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError(f"config.json field {key} must be a number, got {v!r} ({type(v).__name__})")
+        out[key] = float(v)
+    return out
 
 
 @dataclass
@@ -87,6 +141,9 @@ class ArtistConfig:
         The original file has no knowledge field: the knowledge variant is recognised by its
         ``ent_emb`` weights, whose width the caller passes as ``entity_dim``. ``vqgan`` overrides
         the stage-1 config (default: the file's ``vqgan`` section if any, else the release's).
+        Without ``text_vocab_size`` it is ``vocab_size - img_vocab_size`` (21128 when both are
+        absent). The standard transformers keys EasyNLP's files carry are expected (one debug line);
+        other keys are warned about. A field of the wrong type is a ValueError naming it.
         """
         if d.get("model_type", MODEL_TYPE) != MODEL_TYPE:
             raise ValueError(f"config.json model_type is {d['model_type']!r}, expected {MODEL_TYPE!r}")
@@ -95,13 +152,28 @@ class ArtistConfig:
         missing = sorted({"n_layer", "n_head", "n_embd"} - set(d))
         if missing:
             raise ValueError(f"original config.json lacks {', '.join(missing)}")
-        unknown = sorted(set(d) - _ORIGINAL_GPT_KEYS - _ORIGINAL_IGNORED_KEYS)
+        d = _check_original_types(d)
+        extra = set(d) - _ORIGINAL_GPT_KEYS - {"vqgan", "model_type"}
+        standard = sorted(extra & _standard_keys())
+        unknown = sorted(extra - _standard_keys())
+        if standard:
+            logger.debug("original config.json: %d standard transformers keys not used: %s",
+                         len(standard), ", ".join(standard))
         if unknown:
             logger.warning("original config.json: ignoring keys this package does not use: %s", ", ".join(unknown))
         if d.get("n_unmasked", 0):
             raise ValueError(f"n_unmasked={d['n_unmasked']} is not supported (the release uses 0)")
         img_vocab = d.get("img_vocab_size", vqgan.n_embed)
-        text_vocab = d.get("text_vocab_size", GPTConfig.text_vocab_size)
+        if "text_vocab_size" in d:
+            text_vocab = d["text_vocab_size"]
+        elif "vocab_size" in d:  # text ids follow the image codes in one table
+            text_vocab = d["vocab_size"] - img_vocab
+            if text_vocab <= 0:
+                raise ValueError(
+                    f"vocab_size={d['vocab_size']} leaves no text vocabulary after img_vocab_size {img_vocab}"
+                )
+        else:
+            text_vocab = GPTConfig.text_vocab_size
         if "vocab_size" in d and d["vocab_size"] != img_vocab + text_vocab:
             raise ValueError(
                 f"vocab_size={d['vocab_size']} != img_vocab_size {img_vocab} + text_vocab_size {text_vocab}"
