@@ -26,8 +26,10 @@ from safetensors.torch import load_file, save_file
 from easynlp_artist._io import atomic_path
 from easynlp_artist.configuration import ArtistConfig
 from easynlp_artist.knowledge.batch import KnowledgeInputs
+from easynlp_artist.models.stage1.convert import load_taming_state_dict, to_taming_state_dict
 from easynlp_artist.models.stage1.vqgan import VQGAN, VQGANConfig
-from easynlp_artist.models.stage2.gpt import ArtistGPT, convert_original, to_original
+from easynlp_artist.models.stage2.convert import convert_original, to_original
+from easynlp_artist.models.stage2.gpt import ArtistGPT
 from easynlp_artist.models.stage2.sampling import SamplingConfig, sample_image_tokens
 from easynlp_artist.models.state_dicts import mismatches
 from easynlp_artist.tokenization import VOCAB_FILE
@@ -96,7 +98,7 @@ class ArtistModel(nn.Module):
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         if original_layout:
-            state = {VQGAN_PREFIX + k: v for k, v in self.vqgan.to_taming_state_dict().items()}
+            state = to_taming_state_dict(self.vqgan, prefix=VQGAN_PREFIX)
             gpt_sd = {k: v.detach().cpu() for k, v in self.gpt.state_dict().items()}
             state.update({GPT_PREFIX + k: v for k, v in to_original(gpt_sd, self.config.gpt).items()})
             config = self.config.to_original()
@@ -168,7 +170,7 @@ class ArtistModel(nn.Module):
         if other:
             raise ValueError(f"{source}: unexpected keys outside first_stage_model./transformer.: {', '.join(other[:20])}")
         try:
-            self.vqgan.load_taming_state_dict(vq)
+            load_taming_state_dict(self.vqgan, vq)
             self.gpt.load_state_dict(convert_original(gpt, self.config.gpt))
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from e

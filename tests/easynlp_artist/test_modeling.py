@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from easynlp_artist.configuration import ArtistConfig
 from easynlp_artist.knowledge.batch import KnowledgeInputs
 from easynlp_artist.modeling import ArtistModel
+from easynlp_artist.models.stage1.convert import to_taming_state_dict
 from easynlp_artist.models.stage1.vqgan import VQGAN, VQGANConfig
 from easynlp_artist.models.stage2.sampling import SamplingConfig
 
@@ -91,7 +92,7 @@ def _write_original_checkpoint(directory, cfg, entity_dim=None):
     gpt_raw = raw_original_state_dict(cfg.gpt, seed=11)
     vq = randomize_(VQGAN(VQGANConfig(**TINY_VQGAN)), seed=12).eval()
     state = {"transformer." + k: v for k, v in gpt_raw.items()}
-    state.update(vq.to_taming_state_dict(prefix="first_stage_model."))
+    state.update(to_taming_state_dict(vq, prefix="first_stage_model."))
     torch.save(state, directory / "pytorch_model.bin")
     (directory / "config.json").write_text(json.dumps(cfg.to_original()))
     (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]) + "\n")

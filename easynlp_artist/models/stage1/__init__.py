@@ -1,5 +1,13 @@
 """Stage 1: the VQGAN image tokenizer."""
 
+from .convert import (
+    TAMING_PREFIX,
+    convert_taming_state_dict,
+    convert_to_taming_state_dict,
+    load_taming_state_dict,
+    select_first_stage,
+    to_taming_state_dict,
+)
 from .losses import (
     PatchDiscriminator,
     VQGANLossConfig,
@@ -10,14 +18,10 @@ from .losses import (
     vqgan_training_step,
 )
 from .vqgan import (
-    TAMING_PREFIX,
     VQGAN,
     VQGANConfig,
     build_vq_model,
-    convert_taming_state_dict,
-    convert_to_taming_state_dict,
     images_to_uint8,
-    select_first_stage,
 )
 
 __all__ = [
@@ -35,5 +39,7 @@ __all__ = [
     "convert_taming_state_dict",
     "convert_to_taming_state_dict",
     "images_to_uint8",
+    "load_taming_state_dict",
     "select_first_stage",
+    "to_taming_state_dict",
 ]

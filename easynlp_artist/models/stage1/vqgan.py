@@ -5,15 +5,14 @@ nearest codebook entry; the image becomes ``(H / f) * (W / f)`` discrete tokens 
 order (the order of taming's ``flatten`` over (h, w)). The decoder maps a token grid back to an image.
 
 The network is diffusers' ``VQModel`` configured to match taming's layout exactly, so taming / EasyNLP
-weights load after a key rename (:func:`convert_taming_state_dict`) and can be written back in the
-original layout (:func:`convert_to_taming_state_dict`). Quantisation is done here, not by diffusers,
+weights load after a key rename and can be written back in the original layout (both in
+``stage1/convert.py``). Quantisation is done here, not by diffusers,
 so that the codebook loss uses ``VQGANConfig.beta`` with taming's convention (see :meth:`VQGAN.quantize`).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -23,8 +22,6 @@ import torch.nn.functional as F
 from diffusers import VQModel
 
 from easynlp_artist.models.derived import DerivedWeight
-
-TAMING_PREFIX = "first_stage_model."
 
 
 @dataclass
@@ -218,8 +215,7 @@ class VQGAN(nn.Module):
     """Image tokenizer: images (B, C, H, W) in [-1, 1] <-> codes (B, h * w) long, row-major grid.
 
     ``self.vq_model`` is the diffusers ``VQModel``; this module's state-dict keys are therefore
-    ``vq_model.`` + diffusers keys. Use :meth:`load_taming_state_dict` / :meth:`to_taming_state_dict`
-    for the taming / EasyNLP layout.
+    ``vq_model.`` + diffusers keys; ``stage1/convert.py`` reads and writes the taming / EasyNLP layout.
     """
 
     def __init__(self, config: VQGANConfig | None = None):
@@ -321,11 +317,11 @@ class VQGAN(nn.Module):
 
         No clamping is applied; see :meth:`decode_to_uint8` for displayable pixels. On CPU the images
         are decoded one per decoder call. At 256 px that is also the fastest way (the feature maps of
-        one image stay in the caches: 1.3x faster than 8 at once, bench/README.md), and it makes each
-        image's pixels independent of which other images share the batch: oneDNN picks its kernels by
-        batch size, and their rounding differs, so a sharded or resumed predict run would otherwise
-        not reproduce a single run exactly. Small images decode faster in batches (measured: 32 px
-        2-3x, 64 px 1.2x, 128 px 1.04x); :meth:`decode_latents` decodes a batch in one call.
+        one image stay in the caches; figures in bench/README.md), and it makes each image's pixels
+        independent of which other images share the batch: oneDNN picks its kernels by batch size,
+        and their rounding differs, so a sharded or resumed predict run would otherwise not reproduce
+        a single run exactly. Small images decode faster in batches; :meth:`decode_latents` decodes a
+        batch in one call.
         """
         quantized = self.embed_codes(codes)
         if quantized.device.type != "cpu" or quantized.shape[0] <= 1:
@@ -346,18 +342,6 @@ class VQGAN(nn.Module):
         """Fraction of the ``n_embed`` codebook entries that occur in ``codes``."""
         self.check_codes(codes)
         return torch.unique(codes).numel() / self.config.n_embed
-
-    # ---- taming / EasyNLP weights -----------------------------------------------------------------
-
-    def load_taming_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load taming-named weights (with or without the ``first_stage_model.`` prefix), strictly."""
-        self.vq_model.load_state_dict(convert_taming_state_dict(state_dict, self.config), strict=True)
-
-    def to_taming_state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
-        """This model's weights in taming's layout, keys prefixed with ``prefix``
-        (e.g. :data:`TAMING_PREFIX` for an EasyNLP ``pytorch_model.bin``)."""
-        converted = convert_to_taming_state_dict(self.vq_model.state_dict(), self.config)
-        return {prefix + k: v for k, v in converted.items()}
 
 
 # Upper bound on the elements of one (rows, n_embed) distance block, to bound memory for large batches.
@@ -386,142 +370,3 @@ def _describe(x: Any) -> str:
     if torch.is_tensor(x):
         return f"{x.dtype} tensor of shape {tuple(x.shape)}"
     return type(x).__name__
-
-
-# ---- taming <-> diffusers key mapping ---------------------------------------------------------------
-
-_ATTN_NAMES = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-_ATTN_LINEARS = ("q", "k", "v", "proj_out")
-
-
-def _resnet_part(rest: str) -> str:
-    return "nin_shortcut" + rest[len("conv_shortcut"):] if rest.startswith("conv_shortcut.") else rest
-
-
-def _attention_part(rest: str) -> str:
-    for diffusers_name, taming_name in _ATTN_NAMES.items():
-        if rest.startswith(diffusers_name + "."):
-            return taming_name + rest[len(diffusers_name):]
-    raise RuntimeError(f"unmapped diffusers attention parameter {rest!r}")
-
-
-def _taming_name(key: str, num_levels: int) -> str:
-    """diffusers VQModel key -> taming key."""
-    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key):
-        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{_resnet_part(m[3])}"
-    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)", key):
-        return f"{m[1]}.mid.attn_1.{_attention_part(m[2])}"
-    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.+)", key):
-        return "encoder.down." + _level_part(m[1], m[2], m[3], m[4], "downsample")
-    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)\.(.+)", key):
-        level = num_levels - 1 - int(m[1])  # taming counts decoder levels from the lowest resolution
-        return "decoder.up." + _level_part(str(level), m[2], m[3], m[4], "upsample")
-    if m := re.fullmatch(r"(encoder|decoder)\.conv_norm_out\.(.+)", key):
-        return f"{m[1]}.norm_out.{m[2]}"
-    return key  # conv_in, conv_out, quant_conv, post_quant_conv, quantize.embedding.weight
-
-
-def _level_part(level: str, kind: str, index: str, rest: str, sampler: str) -> str:
-    if kind == "resnets":
-        return f"{level}.block.{index}.{_resnet_part(rest)}"
-    if kind == "attentions":
-        return f"{level}.attn.{index}.{_attention_part(rest)}"
-    return f"{level}.{sampler}.{rest}"  # the single down/upsampler's conv
-
-
-@dataclass(frozen=True)
-class _Entry:
-    diffusers_key: str
-    taming_key: str
-    diffusers_shape: tuple[int, ...]
-    squeeze: bool  # taming stores a 1x1 conv [C, C, 1, 1]; diffusers a linear [C, C]
-
-    @property
-    def taming_shape(self) -> tuple[int, ...]:
-        return (*self.diffusers_shape, 1, 1) if self.squeeze else self.diffusers_shape
-
-
-def _key_map(config: VQGANConfig) -> list[_Entry]:
-    with torch.device("meta"):
-        reference = build_vq_model(config)
-    entries = []
-    for key, tensor in reference.state_dict().items():
-        taming_key = _taming_name(key, config.num_levels)
-        squeeze = bool(re.search(r"\.(attn\.\d+|attn_1)\.(q|k|v|proj_out)\.weight$", taming_key))
-        entries.append(_Entry(key, taming_key, tuple(tensor.shape), squeeze))
-    return entries
-
-
-def _list(keys: Iterable[str], limit: int = 12) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def _check_keys(kind: str, given: Iterable[str], expected: Iterable[str]) -> None:
-    given, expected = set(given), set(expected)
-    missing, unexpected = expected - given, given - expected
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} key(s): {_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} key(s): {_list(unexpected)}")
-    if problems:
-        raise ValueError(f"{kind} state dict does not match the VQGAN config: " + "; ".join(problems))
-
-
-def _check_shapes(kind: str, mismatched: list[str]) -> None:
-    if mismatched:
-        raise ValueError(f"{kind} state dict has {len(mismatched)} shape mismatch(es): {_list(mismatched)}")
-
-
-def select_first_stage(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The ``first_stage_model.*`` entries of a whole EasyNLP app state dict, prefix removed
-    (``transformer.*`` and anything else dropped); a dict without such keys is returned unchanged."""
-    if not any(k.startswith(TAMING_PREFIX) for k in state_dict):
-        return dict(state_dict)
-    return {k[len(TAMING_PREFIX):]: v for k, v in state_dict.items() if k.startswith(TAMING_PREFIX)}
-
-
-def convert_taming_state_dict(
-    state_dict: Mapping[str, torch.Tensor], config: VQGANConfig | None = None
-) -> dict[str, torch.Tensor]:
-    """Taming / EasyNLP VQGAN weights -> diffusers ``VQModel`` keys for ``config``.
-
-    A leading ``first_stage_model.`` is removed from keys that have it. Every key must be accounted
-    for: missing keys, unexpected keys (e.g. ``transformer.*`` or taming's ``loss.*``; filter those
-    out first) and shape mismatches raise ``ValueError`` listing them.
-    """
-    config = config if config is not None else VQGANConfig()
-    stripped = {k[len(TAMING_PREFIX):] if k.startswith(TAMING_PREFIX) else k: v for k, v in state_dict.items()}
-    if len(stripped) != len(state_dict):
-        raise ValueError("taming state dict has keys both with and without the 'first_stage_model.' prefix")
-    entries = _key_map(config)
-    _check_keys("taming", stripped, (e.taming_key for e in entries))
-    _check_shapes("taming", [
-        f"{e.taming_key}: got {tuple(stripped[e.taming_key].shape)}, expected {e.taming_shape}"
-        for e in entries if tuple(stripped[e.taming_key].shape) != e.taming_shape
-    ])
-    return {
-        e.diffusers_key: stripped[e.taming_key].reshape(e.diffusers_shape) if e.squeeze else stripped[e.taming_key]
-        for e in entries
-    }
-
-
-def convert_to_taming_state_dict(
-    state_dict: Mapping[str, torch.Tensor], config: VQGANConfig | None = None
-) -> dict[str, torch.Tensor]:
-    """diffusers ``VQModel`` weights -> taming keys (no prefix); the inverse of
-    :func:`convert_taming_state_dict`, with the same key and shape checks."""
-    config = config if config is not None else VQGANConfig()
-    entries = _key_map(config)
-    _check_keys("diffusers", state_dict, (e.diffusers_key for e in entries))
-    _check_shapes("diffusers", [
-        f"{e.diffusers_key}: got {tuple(state_dict[e.diffusers_key].shape)}, expected {e.diffusers_shape}"
-        for e in entries if tuple(state_dict[e.diffusers_key].shape) != e.diffusers_shape
-    ])
-    return {
-        e.taming_key: state_dict[e.diffusers_key].reshape(e.taming_shape) if e.squeeze
-        else state_dict[e.diffusers_key]
-        for e in entries
-    }

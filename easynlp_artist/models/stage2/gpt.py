@@ -1,6 +1,6 @@
 """Stage 2 of ARTIST: a decoder-only transformer that writes image tokens after text tokens.
 
-The layout is minGPT's, so the original EasyNLP weights load one to one (see ``convert_original``):
+The layout is minGPT's, so the original EasyNLP weights load one to one (``stage2/convert.py``):
 one embedding table holds image codes (ids ``0 .. img_vocab_size-1``) and text tokens (offset by
 ``img_vocab_size``), positions are learned, blocks are pre-LN with exact GELU, and the output head
 covers the image codes only.
@@ -22,10 +22,6 @@ import torch.nn.functional as F
 
 from easynlp_artist.knowledge.batch import KnowledgeInputs
 from easynlp_artist.models.derived import DerivedWeight
-from easynlp_artist.models.state_dicts import mismatches
-
-# Keys of the original minGPT checkpoint that carry no weights (a causal-mask buffer per block).
-_ORIGINAL_BUFFER_SUFFIX = ".attn.mask"
 
 
 @dataclass
@@ -384,66 +380,3 @@ class ArtistGPT(nn.Module):
         """Feed the newest image token (B, 1) after ``cache.length`` cached positions → logits (B, V)."""
         h = self._run(self.tok_emb(image_ids), cache.length, cache)
         return cache.linear(self.head, h[:, -1])
-
-
-def original_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """Key names and shapes of the original minGPT checkpoint (without the ``transformer.`` prefix)."""
-    C, bs = config.n_embd, config.block_size
-    out: dict[str, tuple[int, ...]] = {}
-    for key, shape in ArtistGPT.expected_shapes(config).items():
-        if ".attn.qkv." in key:
-            head, kind = key.split(".attn.qkv.")
-            for name in ("query", "key", "value"):
-                out[f"{head}.attn.{name}.{kind}"] = (C, *shape[1:])
-        else:
-            out[key] = shape
-    for i in range(config.n_layer):
-        out[f"blocks.{i}{_ORIGINAL_BUFFER_SUFFIX}"] = (1, 1, bs, bs)
-    return out
-
-
-def convert_original(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """minGPT/EasyNLP ``transformer.*`` keys (prefix optional) → ``ArtistGPT`` state dict.
-
-    Every key must fit, checked in the original names: missing, unexpected or mis-shaped tensors
-    raise ``ValueError`` listing them. Query, key and value are then stacked into ``qkv``; the
-    per-block ``attn.mask`` buffers (a causal mask) carry no weights and are dropped.
-    """
-    prefix = "transformer."
-    sd = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
-    problems = mismatches(sd, original_shapes(config))
-    if problems:
-        raise ValueError("checkpoint does not fit the GPT config:\n  " + "\n  ".join(problems))
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        if key.endswith(_ORIGINAL_BUFFER_SUFFIX):
-            continue
-        head, sep, rest = key.partition(".attn.query.")
-        if sep:
-            parts = [sd[f"{head}.attn.{n}.{rest}"] for n in ("query", "key", "value")]
-            out[f"{head}.attn.qkv.{rest}"] = torch.cat(parts, dim=0)
-        elif ".attn.key." not in key and ".attn.value." not in key:
-            out[key] = value
-    return out
-
-
-def to_original(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """Inverse of ``convert_original``: split ``qkv`` and add the causal-mask buffers (no prefix)."""
-    out: dict[str, torch.Tensor] = {}
-    C = config.n_embd
-    bs = config.block_size
-    mask = torch.tril(torch.ones(bs, bs)).view(1, 1, bs, bs)
-    for key, value in sd.items():
-        if ".attn.qkv." in key:
-            head, kind = key.split(".attn.qkv.")
-            for name, part in zip(("query", "key", "value"), value.split(C, dim=0)):
-                out[f"{head}.attn.{name}.{kind}"] = part.clone()
-        else:
-            out[key] = value
-    for i in range(config.n_layer):
-        out[f"blocks.{i}.attn.mask"] = mask.clone()
-    return out
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -15,7 +15,9 @@ from easynlp_artist.models.stage1 import (
     convert_taming_state_dict,
     convert_to_taming_state_dict,
     images_to_uint8,
+    load_taming_state_dict,
     select_first_stage,
+    to_taming_state_dict,
 )
 
 # attention at level 0 (with down-sampling, decoder without up-sampling) and at the last level
@@ -175,7 +177,7 @@ class TamingReference:
 def loaded():
     sd = random_taming_state_dict(CFG)
     model = VQGAN(CFG).double().eval()
-    model.load_taming_state_dict({TAMING_PREFIX + k: v for k, v in sd.items()})
+    load_taming_state_dict(model, {TAMING_PREFIX + k: v for k, v in sd.items()})
     return model, TamingReference(sd, CFG), sd
 
 
@@ -233,11 +235,11 @@ def test_cpu_decode_does_not_depend_on_the_batch():
 
 def test_round_trip_taming_diffusers_taming_is_identical(loaded):
     model, _, sd = loaded
-    back = model.to_taming_state_dict()
+    back = to_taming_state_dict(model)
     assert set(back) == set(sd)
     for k, v in sd.items():
         assert back[k].shape == v.shape and torch.equal(back[k], v), k
-    prefixed = model.to_taming_state_dict(prefix=TAMING_PREFIX)
+    prefixed = to_taming_state_dict(model, prefix=TAMING_PREFIX)
     assert all(k.startswith(TAMING_PREFIX) for k in prefixed)
     again = convert_to_taming_state_dict(convert_taming_state_dict(sd, CFG), CFG)
     assert all(torch.equal(again[k], sd[k]) for k in sd)

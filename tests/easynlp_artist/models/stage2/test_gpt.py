@@ -1,13 +1,14 @@
-"""Stage-2 GPT: shapes, knowledge fusion, KV cache, sampling, and the original weight layout."""
+"""Stage-2 GPT: shapes, knowledge fusion, KV cache, sampling (packing: test_decoding.py, the original
+weight layout: test_convert.py)."""
 
 import math
 
 import pytest
 import torch
-from helpers.gpt_reference import raw_original_state_dict, reference_logits
+from helpers.tiny_gpt import TINY, batch, knowledge, tiny
 
 from easynlp_artist.knowledge.batch import KnowledgeInputs
-from easynlp_artist.models.stage2.gpt import ArtistGPT, GPTConfig, convert_original, to_original
+from easynlp_artist.models.stage2.gpt import ArtistGPT, GPTConfig
 from easynlp_artist.models.stage2.sampling import (
     SamplingConfig,
     _draw,
@@ -15,34 +16,6 @@ from easynlp_artist.models.stage2.sampling import (
     guide,
     sample_image_tokens,
 )
-
-TINY = dict(img_vocab_size=20, text_vocab_size=30, text_len=5, img_len=6, n_layer=2, n_head=2, n_embd=16)
-
-
-def tiny(entity_dim=None, seed=0, **kw):
-    torch.manual_seed(seed)
-    model = ArtistGPT(GPTConfig(**TINY, entity_dim=entity_dim, **kw)).eval()
-    # random, non-trivial weights everywhere (the init leaves biases and positions at zero)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model
-
-
-def batch(b=3, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randint(1, TINY["text_vocab_size"], (b, TINY["text_len"]), generator=g)
-    text[0, 3:] = 0  # right padding, as the tokenizer produces
-    img = torch.randint(0, TINY["img_vocab_size"], (b, TINY["img_len"]), generator=g)
-    return text, img
-
-
-def knowledge(b=3, dim=4, seed=2):
-    g = torch.Generator().manual_seed(seed)
-    # row 0: nested + overlapping spans; row 1: one entity; row 2: none
-    spans = [[(0, 2), (1, 2), (1, 4)], [(2, 3)], []]
-    vecs = [torch.randn(len(s), dim, generator=g) for s in spans]
-    return KnowledgeInputs.from_lists(vecs[:b], spans[:b], dim)
 
 
 def test_config_derives_sizes_and_validates():
@@ -72,37 +45,6 @@ def test_shapes_and_loss_is_image_nll():
     loss = model(text, img)
     manual = -logits.log_softmax(-1).gather(-1, img.unsqueeze(-1)).mean()
     torch.testing.assert_close(loss, manual)
-
-
-@pytest.mark.parametrize("entity_dim", [None, 4])
-def test_original_layout_matches_independent_forward(entity_dim):
-    cfg = GPTConfig(**TINY, entity_dim=entity_dim)
-    raw = raw_original_state_dict(cfg)
-    model = ArtistGPT(cfg).eval()
-    model.load_state_dict(convert_original({"transformer." + k: v for k, v in raw.items()}, cfg))
-    text, img = batch()
-    know = knowledge() if entity_dim else None
-    with torch.no_grad():
-        ours = model.image_logits(text, img, know)
-    torch.testing.assert_close(ours, reference_logits(raw, cfg, text, img, know), rtol=1e-4, atol=1e-4)
-    back = to_original(model.state_dict(), cfg)
-    assert set(back) == set(raw)
-    for k in raw:
-        torch.testing.assert_close(back[k], raw[k])
-
-
-def test_original_layout_errors_list_every_problem():
-    cfg = GPTConfig(**TINY)
-    raw = raw_original_state_dict(cfg)
-    del raw["blocks.1.mlp.0.bias"]
-    raw["extra.weight"] = torch.zeros(1)
-    raw["head.weight"] = torch.zeros(7, cfg.n_embd)
-    with pytest.raises(ValueError) as e:
-        convert_original(raw, cfg)
-    msg = str(e.value)
-    assert "missing keys (1): blocks.1.mlp.0.bias" in msg
-    assert "unexpected keys (1): extra.weight" in msg
-    assert "head.weight: checkpoint (7, 16)" in msg
 
 
 def test_no_entities_equals_knowledge_off():
