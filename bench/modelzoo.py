@@ -1,7 +1,7 @@
 """ModelZoo benchmark: download throughput and cached-resolve latency.
 
-1. Throughput: one object served by the loopback Range HTTP server (``modelzoo.testing``, run in its
-   own process) is fetched alternately by
+1. Throughput: one object served by the loopback Range HTTP server (``tests/helpers/range_server.py``,
+   run in its own process) is fetched alternately by
    - a plain streamed copy (``requests`` stream, 1 MiB reads, written to a file), and
    - ``modelzoo.resolve`` of a registered name with sha256 and size into a fresh cache (lock, hash
      while streaming, fsync, verify, atomic install, metadata).
@@ -28,10 +28,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+RANGE_SERVER = REPO / "tests" / "helpers" / "range_server.py"  # test-only code, not in the package
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "tests"))
+
+from helpers.range_server import write_random  # noqa: E402
 
 import modelzoo  # noqa: E402
-from modelzoo.testing import write_random  # noqa: E402
 
 CHUNK = 1024 * 1024
 
@@ -64,7 +67,7 @@ def zoo_download(name: str, cache: Path) -> float:
 def throughput(work: Path, srv_root: Path, size: int, digest: str, repeats: int,
                rate_mib: float | None) -> dict[str, list[float]]:
     """Seconds per run for each method, alternating methods within each repeat."""
-    cmd = [sys.executable, "-m", "modelzoo.testing", str(srv_root)]
+    cmd = [sys.executable, str(RANGE_SERVER), str(srv_root)]
     if rate_mib:
         cmd += ["--rate-mib", str(rate_mib)]
     server = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

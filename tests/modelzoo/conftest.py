@@ -10,8 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
-from modelzoo.testing import RangeFileServer
+from helpers.range_server import RangeFileServer
 
 ZOO_ENV = ("EASYNLP_MODELZOO_INDEX", "EASYNLP_MODELZOO_CACHE", "EASYNLP_MODELZOO_OFFLINE",
            "EASYNLP_S3_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_PROFILE", "OSS_ENDPOINT", "OSS_ACCESS_KEY_ID",

@@ -21,3 +21,10 @@ def test_modelzoo_benchmark_prints_its_results(tmp_path):
         assert any(line.startswith(start) for line in lines), (start, proc.stdout)
     assert sum(line.strip().startswith("modelzoo") for line in lines) == 2
     assert list(tmp_path.iterdir()) == [], "the benchmark must remove its scratch files"
+
+
+def test_test_server_is_not_shipped_in_the_package():
+    import importlib.util
+
+    assert importlib.util.find_spec("modelzoo.testing") is None, "test-only code belongs under tests/helpers"
+    assert (ROOT / "tests" / "helpers" / "range_server.py").is_file()

@@ -10,9 +10,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers.range_server import closed_port, write_random
 
 import modelzoo
-from modelzoo.testing import closed_port, write_random
 
 from .conftest import checkpoint_files, make_tgz, sha256, tree, write_index
 

@@ -1,4 +1,5 @@
-"""A small loopback HTTP file server with Range support, for the ModelZoo tests and benchmark.
+"""A small loopback HTTP file server with Range support, for the ModelZoo tests and benchmark (test-only
+code: it is not part of the installed packages; tests import it as ``helpers.range_server``).
 
 It serves the files under a directory, honours ``Range: bytes=a-`` / ``a-b`` and ``If-Range``, sends
 an ETag, logs every request, and can misbehave on purpose: drop the connection after N bytes of the
@@ -193,12 +194,12 @@ def write_random(path: Path, size: int, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m modelzoo.testing DIR [--rate-mib R]``: serve DIR on 127.0.0.1 (at most R MiB/s per
-    response), print the port, run until stdin closes."""
+    """``python tests/helpers/range_server.py DIR [--rate-mib R]``: serve DIR on 127.0.0.1 (at most R MiB/s
+    per response), print the port, run until stdin closes."""
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m modelzoo.testing")
+    parser = argparse.ArgumentParser(prog="range_server.py")
     parser.add_argument("root", type=Path)
     parser.add_argument("--rate-mib", type=float, default=None)
     args = parser.parse_args(argv)
