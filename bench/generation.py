@@ -39,6 +39,7 @@ import time
 import torch
 
 from easynlp_artist.modeling import ArtistModel
+from easynlp_artist.models.stage2 import decoding
 from easynlp_artist.models.stage2.gpt import ArtistGPT, GPTConfig
 from easynlp_artist.models.stage2.sampling import SamplingConfig, sample_image_tokens
 from easynlp_artist.runtime import tune_cpu_allocator
@@ -124,8 +125,14 @@ class ReleasedForward(ArtistGPT):
     def prefill(self, text_ids, knowledge, cache, image_prefix=None):  # noqa: ANN001,ANN201
         if cache is not None:
             raise ValueError("ReleasedForward only models the full recompute")
-        h = self.prefill_hidden(text_ids, knowledge, None, image_prefix)
-        return self.head(h)[:, -1]  # (B, T, V) logits, then the last position
+        x = self.embed_text(text_ids, knowledge)  # (B, Tt, C)
+        if image_prefix is not None and image_prefix.shape[1]:
+            x = torch.cat([x, self.tok_emb(image_prefix)], dim=1)  # (B, T, C)
+        # minGPT's forward, from the model's public modules
+        x = self.drop(x + self.pos_emb[:, : x.shape[1]])
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))[:, -1]  # (B, T, V) logits, then the last position
 
 
 def window_view(gpt: ArtistGPT, end: int, released: bool = False) -> ArtistGPT:
@@ -193,7 +200,7 @@ def decode_gflops(model: ArtistModel, rows: int, probe: MatmulProbe, generator: 
     """Run the GPT's cached decode over every image position at ``rows`` rows; matmul samples are
     taken every ``probe_every`` steps, outside the timed steps. Returns (GFLOP, seconds, GFLOP/s)."""
     cfg = model.config.gpt
-    cache = model.gpt.new_cache(rows)
+    cache = decoding.new_cache(model.gpt, rows)
     model.gpt.prefill(prompts(cfg, rows, generator), None, cache)
     ids = torch.randint(0, cfg.img_vocab_size, (rows, 1), generator=generator)
     flop, seconds = 0.0, 0.0
@@ -235,8 +242,8 @@ def run(args: argparse.Namespace) -> None:
 
         big = max(args.batches)
         # packed decoding weights are made by the first sampling call and kept on the model
-        model.gpt.release_packed_weights()
-        t_pack, cache = timed(lambda: model.gpt.new_cache(2 * big))
+        decoding.release_packed_weights(model.gpt)
+        t_pack, cache = timed(lambda: decoding.new_cache(model.gpt, 2 * big))
         packed = bool(cache.packed)
         del cache
         guided = SamplingConfig(guidance_scale=args.guidance_scale)

@@ -23,3 +23,8 @@ class DerivedWeight:
                 self._value = make(weight.detach())
             self._key = key
         return self._value
+
+    @property
+    def value(self) -> torch.Tensor | None:
+        """The copy held now (made for the weight as it was then), or None before the first ``get``."""
+        return self._value

@@ -10,18 +10,24 @@ set, ``ent_emb`` projects entity vectors to the model width and every text token
 the softmax-weighted average of the entities whose span covers it, weighted by the inner product
 with the token embedding. This happens *before* the transformer, so every image position attends
 to the fused text — at training and at each cached decoding step.
+
+There is one forward path. Without a cache it scores whole sequences (training, teacher forcing,
+the full-recompute sampler); with one (``decoding.new_cache``) it runs only the new positions and
+reads the earlier ones' keys and values from the cache, and the cache also decides how each
+Linear is multiplied (``decoding.py``: oneDNN-packed weights on CPU).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from typing import Protocol
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from easynlp_artist.knowledge.batch import KnowledgeInputs
-from easynlp_artist.models.derived import DerivedWeight
 
 
 @dataclass
@@ -75,59 +81,26 @@ class GPTConfig:
         return cls(**d)
 
 
-def _can_pack(weight: torch.Tensor, rows: int) -> bool:
-    """Whether oneDNN can pre-pack this weight and it pays off for ``rows`` rows per step.
+class DecodingCache(Protocol):
+    """What the forward pass needs from a decoding cache (``decoding.KVCache`` is the one we have)."""
 
-    Measured on the project's machine (bench/README.md): packed weights stream 1.2-1.9x faster
-    for 2 to 256 rows in fp32 and 1.3-1.5x in bf16; for a single fp32 row MKL's plain
-    matrix-vector product is already at memory speed and packing is ~10 % slower.
-    """
-    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return False
-    if weight.dtype == torch.float32:
-        return rows > 1
-    return weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-class KVCache:
-    """Keys and values of every layer for a fixed batch, preallocated to ``block_size`` positions.
-
-    ``length`` is the number of positions already written. Views of the first ``length`` entries are
-    handed to attention, so each decoding step costs one token's worth of projections.
-
-    ``packed`` optionally maps each ``nn.Linear`` of the model to a copy of its weight in oneDNN's
-    blocked layout. A decoding step multiplies a few rows by every weight of the model, which is
-    bound by how fast the weights stream from memory; the blocked layout streams faster than
-    PyTorch's ``(out, in)`` one. The copies come from :meth:`ArtistGPT.new_cache`, which keeps them on
-    the model between calls (packing costs 0.4-0.7 s at ARTIST-base); they are only used under
-    ``torch.no_grad`` decoding, never for training.
-    """
-
-    def __init__(
-        self, config: GPTConfig, batch: int, device, dtype, packed: dict[nn.Linear, torch.Tensor] | None = None
-    ) -> None:
-        hd = config.n_embd // config.n_head
-        shape = (config.n_layer, batch, config.n_head, config.block_size, hd)
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
-        self.length = 0
-        self.packed = packed or {}
+    length: int  # positions already cached; the next input starts at this position
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # k, v: (B, H, T, hd) for the new positions; returns all positions so far
-        t0, t1 = self.length, self.length + k.shape[2]
-        self.k[layer, :, :, t0:t1] = k
-        self.v[layer, :, :, t0:t1] = v
-        return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]
+        """Store the new positions' (B, H, T, hd) keys and values; return all cached ones so far."""
 
-    def linear(self, module: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-        """``module(x)`` (then exact GELU if asked), through the packed weight when there is one."""
-        packed = self.packed.get(module)
-        if packed is None:
-            y = F.linear(x, module.weight, module.bias)
-            return F.gelu(y) if gelu else y
-        # the fused "gelu" post-op is the exact (erf) GELU, as nn.GELU()
-        return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "gelu" if gelu else "none", [], "none")
+    def linear(self, module: nn.Linear, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
+        """``act(module(x))`` (or ``module(x)``), computed as the cache sees fit."""
+
+
+def linear(module: nn.Linear, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
+    """``act(module(x))``: how a Linear (and the activation after it) runs without a cache."""
+    y = module(x)
+    return y if act is None else act(y)
+
+
+def _linear_of(cache: DecodingCache | None) -> Callable[..., torch.Tensor]:
+    return linear if cache is None else cache.linear
 
 
 class CausalSelfAttention(nn.Module):
@@ -139,10 +112,10 @@ class CausalSelfAttention(nn.Module):
         self.attn_pdrop = config.attn_pdrop
         self.resid_drop = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: DecodingCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        qkv = self.qkv(x) if cache is None else cache.linear(self.qkv, x)
-        q, k, v = qkv.split(C, dim=2)
+        lin = _linear_of(cache)
+        q, k, v = lin(self.qkv, x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
         past = 0
         if cache is not None:
@@ -157,10 +130,8 @@ class CausalSelfAttention(nn.Module):
             # new block after a cached prefix: query i (absolute past + i) sees keys 0 .. past + i
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        if cache is not None:
-            return cache.linear(self.proj, y)  # decoding: no dropout
-        return self.resid_drop(self.proj(y))
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_drop(lin(self.proj, y))
 
 
 class Block(nn.Module):
@@ -177,12 +148,12 @@ class Block(nn.Module):
             nn.Dropout(config.resid_pdrop),
         )
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: DecodingCache | None = None, layer: int = 0) -> torch.Tensor:
+        # x: (B, T, C)
+        lin = _linear_of(cache)
         x = x + self.attn(self.ln1(x), cache, layer)
-        if cache is None:
-            return x + self.mlp(self.ln2(x))
-        fc, _, out, _ = self.mlp  # decoding: the same layers, GELU fused into the first, no dropout
-        return x + cache.linear(out, cache.linear(fc, self.ln2(x), gelu=True))
+        fc, gelu, out, drop = self.mlp  # the activation goes with its Linear: a cache may fuse them
+        return x + drop(lin(out, lin(fc, self.ln2(x), gelu)))
 
 
 def fuse_knowledge(tok: torch.Tensor, ent: torch.Tensor, knowledge: KnowledgeInputs) -> torch.Tensor:
@@ -217,9 +188,6 @@ class ArtistGPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.head = nn.Linear(config.n_embd, config.img_vocab_size, bias=False)
         self.apply(self._init_weights)
-        # oneDNN-packed copies of the Linear weights for decoding, kept between sampling calls
-        # (see new_cache)
-        self._packs: dict[nn.Linear, DerivedWeight] = {}
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -263,9 +231,11 @@ class ArtistGPT(nn.Module):
         ent = self.ent_emb(knowledge.vectors.to(tok.dtype))  # (B, E, C)
         return fuse_knowledge(tok, ent, knowledge)
 
-    def _run(self, x: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
-        """Embeddings of positions ``start .. start+T-1`` (B, T, C) → final hidden states (B, T, C)."""
+    def _run(self, x: torch.Tensor, cache: DecodingCache | None = None) -> torch.Tensor:
+        """Embeddings (B, T, C) of the positions after the cached ones (``cache.length``, or 0 without
+        a cache) → final hidden states (B, T, C); the cache then holds these positions too."""
         T = x.shape[1]
+        start = 0 if cache is None else cache.length
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} positions exceeds block_size={self.config.block_size}")
         x = self.drop(x + self.pos_emb[:, start : start + T])
@@ -302,7 +272,7 @@ class ArtistGPT(nn.Module):
         text_ids, knowledge = self._drop_captions(text_ids, knowledge)
         Tt = self.config.text_len
         x = torch.cat([self.embed_text(text_ids, knowledge), self.tok_emb(image_ids[:, :-1])], dim=1)
-        h = self._run(x, 0, None)
+        h = self._run(x)
         return self.head(h[:, Tt - 1 :])
 
     def forward(
@@ -312,71 +282,25 @@ class ArtistGPT(nn.Module):
         logits = self.image_logits(text_ids, image_ids, knowledge)
         return F.cross_entropy(logits.float().flatten(0, 1), image_ids.flatten())
 
-    # ---- incremental decoding --------------------------------------------------------------------
-
-    def new_cache(self, batch: int, device=None, dtype=None, pack_weights: bool | None = None) -> KVCache:
-        """An empty cache for ``batch`` rows. ``pack_weights`` (default: where it pays off, see
-        ``_can_pack``) gives the cache oneDNN-packed copies of the Linear weights for decoding.
-
-        The packed copies are kept on the model, so only the first sampling call pays for packing
-        (0.4-0.7 s at ARTIST-base) at the price of a second copy of the Linear weights in memory.
-        A copy is remade when its weight changed: new storage or dtype, or an in-place update
-        (optimizer step, ``load_state_dict``), which bumps the tensor's version counter.
-        ``train()`` and :meth:`release_packed_weights` drop them.
-        """
-        p = self.pos_emb
-        packed = None
-        linears = [m for m in self.blocks.modules() if isinstance(m, nn.Linear)] + [self.head]
-        if pack_weights is None:
-            pack_weights = all(_can_pack(m.weight, batch) for m in linears)
-        if pack_weights:
-            packed = {m: self._packed_weight(m, batch) for m in linears}
-        return KVCache(self.config, batch, device or p.device, dtype or p.dtype, packed)
-
-    def _packed_weight(self, module: nn.Linear, rows: int) -> torch.Tensor:
-        # the row count is only oneDNN's layout hint; copies made for 2 rows serve 256 as fast
-        derived = self._packs.setdefault(module, DerivedWeight())
-        return derived.get(module.weight, lambda w: torch.ops.mkldnn._reorder_linear_weight(w, rows))
-
-    def release_packed_weights(self) -> None:
-        """Free the packed decoding copies of the weights (remade by the next sampling call)."""
-        self._packs.clear()
-
-    def train(self, mode: bool = True) -> ArtistGPT:
-        if mode:
-            self.release_packed_weights()
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001,ANN202 - nn.Module's hook for .to(), .half(), ...
-        # the copies belong to the old weights; do not keep them alive after a move or cast
-        self.release_packed_weights()
-        return super()._apply(fn, *args, **kwargs)
+    # ---- incremental decoding (the cache: decoding.new_cache) ---------------------------------------
 
     def prefill(
         self,
         text_ids: torch.Tensor,
         knowledge: KnowledgeInputs | None,
-        cache: KVCache | None,
+        cache: DecodingCache | None,
         image_prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run text (+ known leading image tokens); return logits for the next image token (B, V)."""
-        h = self.prefill_hidden(text_ids, knowledge, cache, image_prefix)
-        return self.head(h[:, -1]) if cache is None else cache.linear(self.head, h[:, -1])
+        """Run text (+ k known leading image tokens); return logits for the next image token (B, V).
 
-    def prefill_hidden(
-        self,
-        text_ids: torch.Tensor,
-        knowledge: KnowledgeInputs | None,
-        cache: KVCache | None,
-        image_prefix: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Final hidden states (B, Tt + k, C) of the text and the k known leading image tokens."""
-        x = self.embed_text(text_ids, knowledge)
+        With ``cache=None`` this is the full recompute: the whole sequence, nothing kept."""
+        x = self.embed_text(text_ids, knowledge)  # (B, Tt, C)
         if image_prefix is not None and image_prefix.shape[1]:
-            x = torch.cat([x, self.tok_emb(image_prefix)], dim=1)
-        return self._run(x, 0, cache)
+            x = torch.cat([x, self.tok_emb(image_prefix)], dim=1)  # (B, Tt + k, C)
+        h = self._run(x, cache)
+        return _linear_of(cache)(self.head, h[:, -1])
 
-    def step(self, image_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def step(self, image_ids: torch.Tensor, cache: DecodingCache) -> torch.Tensor:
         """Feed the newest image token (B, 1) after ``cache.length`` cached positions → logits (B, V)."""
-        h = self._run(self.tok_emb(image_ids), cache.length, cache)
+        h = self._run(self.tok_emb(image_ids), cache)
         return cache.linear(self.head, h[:, -1])

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 
 from easynlp_artist.knowledge.batch import KnowledgeInputs
+from easynlp_artist.models.stage2 import decoding
 from easynlp_artist.models.stage2.gpt import ArtistGPT
 
 
@@ -75,8 +76,8 @@ def _without_entities(knowledge: KnowledgeInputs) -> KnowledgeInputs:
 
 def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One code per row of probs (n, V) → (n, 1): the first code whose cumulative mass exceeds a
-    uniform draw. One random number per row; ``torch.multinomial`` draws V exponentials per row,
-    which at 16384 codes cost ~5 % of a cached decoding step on CPU."""
+    uniform draw. One random number per row; ``torch.multinomial`` draws V exponentials per row
+    (its cost at 16384 codes: bench/README.md)."""
     cdf = probs.cumsum(dim=-1)  # (n, V)
     total = cdf[:, -1:]
     u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=cdf.dtype) * total
@@ -162,7 +163,7 @@ def sample_image_tokens(
     if k:
         out[:, :k] = image_prefix[rows]
 
-    cache = gpt.new_cache(text.shape[0]) if use_cache else None
+    cache = decoding.new_cache(gpt, text.shape[0]) if use_cache else None
     logits = gpt.prefill(text, know, cache, prefix)
     for i in range(k, img_len):
         logits = logits.float()

@@ -1,5 +1,5 @@
-"""Stage-2 GPT: shapes, knowledge fusion, KV cache, sampling (packing: test_decoding.py, the original
-weight layout: test_convert.py)."""
+"""Stage-2 GPT: shapes, knowledge fusion, sampling (the KV cache and packed weights:
+test_decoding.py; the original weight layout: test_convert.py)."""
 
 import math
 
@@ -107,77 +107,6 @@ def test_caption_dropout_only_in_training():
     assert torch.equal(dropped_text[~rows], text[~rows])
     drops = [model._drop_captions(text, None)[0].eq(0).all(1).float().mean() for _ in range(400)]
     assert abs(torch.stack(drops).mean().item() - 0.5) < 0.08
-
-
-@pytest.mark.parametrize("pack_weights", [False, True])
-@pytest.mark.parametrize("entity_dim", [None, 4])
-def test_kv_cache_equals_full_recompute(entity_dim, pack_weights):
-    model = tiny(entity_dim=entity_dim)
-    text, img = batch()
-    know = knowledge() if entity_dim else None
-    full = model.image_logits(text, img, know)  # teacher forcing, one pass
-    cache = model.new_cache(3, pack_weights=pack_weights)
-    assert bool(cache.packed) == pack_weights
-    step_logits = [model.prefill(text, know, cache)]
-    for i in range(TINY["img_len"] - 1):
-        step_logits.append(model.step(img[:, i : i + 1], cache))
-    torch.testing.assert_close(torch.stack(step_logits, 1), full, rtol=1e-5, atol=1e-5)
-    # a cached prefix followed by a multi-token block
-    cache = model.new_cache(3)
-    model.prefill(text, know, cache)
-    h = model._run(model.tok_emb(img[:, :3]), cache.length, cache)
-    torch.testing.assert_close(model.head(h), full[:, 1:4], rtol=1e-5, atol=1e-5)
-    greedy = SamplingConfig(top_k=1)
-    a = sample_image_tokens(model, text, know, sampling=greedy, use_cache=True)
-    b = sample_image_tokens(model, text, know, sampling=greedy, use_cache=False)
-    assert torch.equal(a, b)
-
-
-def test_decoding_packs_weights_where_it_pays_off_and_bf16_packed_matches_plain():
-    model = tiny()
-    assert torch.backends.mkldnn.is_available()  # the pinned CPU build ships oneDNN
-    assert len(model.new_cache(3).packed) == 4 * TINY["n_layer"] + 1  # qkv, proj, fc, out per block; head
-    assert not model.new_cache(1).packed  # one fp32 row: the plain matrix-vector product is faster
-    bf16 = tiny().to(torch.bfloat16).eval()
-    text, img = batch()
-    logits = []
-    for pack in (False, True):
-        cache = bf16.new_cache(3, pack_weights=pack)
-        out = [bf16.prefill(text, None, cache)]
-        out += [bf16.step(img[:, i : i + 1], cache) for i in range(4)]
-        logits.append(torch.stack(out).float())
-    # same products in bf16, summed in a different order: bf16 rounding apart (eps 2**-8)
-    torch.testing.assert_close(logits[1], logits[0], rtol=0.05, atol=0.05)
-    full = tiny().eval().image_logits(text, img)[:, :5].transpose(0, 1)
-    assert (logits[1] - full).abs().max() < 0.1 * full.abs().max()
-
-
-def test_packed_weights_are_kept_between_calls_and_remade_when_a_weight_changes():
-    model = tiny()
-    text, _ = batch()
-    greedy = SamplingConfig(top_k=1)
-    first = model.new_cache(3).packed
-    assert all(model.new_cache(3).packed[m] is w for m, w in first.items())  # kept, not repacked
-    assert all(model.new_cache(7).packed[m] is w for m, w in first.items())  # for any row count
-    with torch.no_grad():
-        model.head.weight.mul_(-1.5)  # an in-place update, as an optimizer step makes
-    again = model.new_cache(3).packed
-    assert again[model.head] is not first[model.head]
-    assert all(again[m] is first[m] for m in first if m is not model.head)
-    # decoding with the remade copy still equals the full recompute (a stale copy would not:
-    # the head's sign flipped, so greedy picks different codes)
-    a = sample_image_tokens(model, text, sampling=greedy)
-    assert torch.equal(a, sample_image_tokens(model, text, sampling=greedy, use_cache=False))
-    model.load_state_dict(tiny(seed=3).state_dict())
-    assert all(model.new_cache(3).packed[m] is not w for m, w in again.items())
-    assert torch.equal(sample_image_tokens(model, text, sampling=greedy),
-                       sample_image_tokens(model, text, sampling=greedy, use_cache=False))
-    model.train()
-    assert not model._packs
-    model.eval().new_cache(3)
-    model.to(torch.bfloat16)  # a cast or move drops the copies of the old weights at once
-    assert not model._packs
-    assert all(w.dtype == torch.bfloat16 for w in model.new_cache(3).packed.values())
 
 
 def test_sampling_with_guidance_cache_equals_recompute():

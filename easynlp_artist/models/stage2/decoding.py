@@ -1,0 +1,190 @@
+"""Fast incremental decoding of the stage-2 GPT: the key/value cache and how its Linears are multiplied.
+
+The model (``gpt.py``) has one forward path; a cache passed to ``prefill`` / ``step`` holds the keys
+and values of the positions already run, and every Linear of a block (with the activation after
+it) goes through ``cache.linear``. This module decides what that does:
+
+* plain ``F.linear`` (then the activation), as without a cache;
+* on CPU, oneDNN-packed weights: a decoding step multiplies a few rows by every weight of the
+  model, which is bound by how fast the weights stream from memory, and oneDNN's blocked layout
+  streams faster than PyTorch's ``(out, in)`` one; the exact GELU after the first MLP Linear is
+  fused into the product. Packing pays off from two fp32 rows (for one row the plain
+  matrix-vector product is already at memory speed) and for any bf16 row count; figures in
+  bench/README.md.
+
+Packed copies are kept between sampling calls (packing the whole model is not free), in a
+parameterless child module that ``new_cache`` adds to the GPT (:class:`PackedWeights`). Being part
+of the module tree, it hears ``train()`` and every move or cast (``.to``, ``.half``, ...) and drops
+the copies at once; a copy whose weight changed in place (optimizer step, ``load_state_dict``) is
+remade by the next call (:class:`~easynlp_artist.models.derived.DerivedWeight`). Packed weights are
+only read under ``torch.no_grad`` decoding, never for training.
+
+Where the next speed-ups go: another weight form for decoding (bf16 or int8 weight-only Linears)
+is a second pair of "does it pay off / prepare the weight / multiply" next to :data:`ONEDNN`, chosen
+in :func:`new_cache`; speculative (Jacobi) decoding feeds several guessed tokens through
+``gpt._run`` with a cache and rolls ``cache.length`` back to the accepted prefix; a
+continuous-batching engine needs a cache with a length per row (and positions from it in
+``gpt._run``) behind the same ``update`` / ``linear`` interface (``gpt.DecodingCache``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from easynlp_artist.models.derived import DerivedWeight
+from easynlp_artist.models.stage2.gpt import ArtistGPT, GPTConfig, linear
+
+
+@dataclass(frozen=True)
+class WeightForm:
+    """A layout of Linear weights for decoding: when it pays off, how to make it, how to multiply."""
+
+    name: str
+    pays_off: Callable[[torch.Tensor, int], bool]  # (weight, rows per step) -> use it?
+    prepare: Callable[[torch.Tensor, int], torch.Tensor]  # (weight (out, in), rows) -> the copy kept
+    # (x, prepared copy, bias, activation module or None) -> act(x @ W.T + b)
+    multiply: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, nn.Module | None], torch.Tensor]
+
+
+def _onednn_pays_off(weight: torch.Tensor, rows: int) -> bool:
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if weight.dtype == torch.float32:
+        return rows > 1  # a single fp32 row: MKL's plain matrix-vector product is faster
+    return weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _onednn_prepare(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    # the row count is only a layout hint: a copy made for 2 rows serves 256 as fast, so copies
+    # are kept for any later row count
+    return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+
+
+def _onednn_multiply(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
+                     act: nn.Module | None) -> torch.Tensor:
+    # oneDNN's fused "gelu" post-op is the exact (erf) GELU, as nn.GELU()
+    fused = isinstance(act, nn.GELU) and act.approximate == "none"
+    y = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu" if fused else "none", [], "none")
+    return y if act is None or fused else act(y)
+
+
+ONEDNN = WeightForm("onednn", _onednn_pays_off, _onednn_prepare, _onednn_multiply)
+
+
+class PackedWeights(nn.Module):
+    """The GPT's Linear weights in a decoding layout, kept between sampling calls.
+
+    A child module without parameters or buffers (nothing in the state dict): it is only there to
+    drop the copies when the model is put into training mode, moved or cast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies: dict[tuple[nn.Linear, str], DerivedWeight] = {}
+
+    def get(self, module: nn.Linear, form: WeightForm, rows: int) -> torch.Tensor:
+        derived = self.copies.setdefault((module, form.name), DerivedWeight())
+        return derived.get(module.weight, lambda w: form.prepare(w, rows))
+
+    def clear(self) -> None:
+        self.copies.clear()
+
+    def train(self, mode: bool = True) -> PackedWeights:
+        if mode:
+            self.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001,ANN202 - nn.Module's hook for .to(), .half(), ...
+        self.clear()  # the copies belong to the old weights
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self) -> dict:
+        # a copied or pickled model starts without copies (oneDNN's opaque tensors cannot be copied)
+        return {**self.__dict__, "copies": {}}
+
+    def extra_repr(self) -> str:
+        return f"{len(self.copies)} packed Linear weights"
+
+
+_STORE = "decoding_weights"  # the child's name in the GPT
+_attach = threading.Lock()
+
+
+def _store(gpt: ArtistGPT) -> PackedWeights:
+    with _attach:
+        store = getattr(gpt, _STORE, None)
+        if store is None:
+            store = PackedWeights()
+            gpt.add_module(_STORE, store)
+        return store
+
+
+def packed_weights(gpt: ArtistGPT) -> dict[nn.Linear, torch.Tensor]:
+    """The packed copies ``gpt`` holds now (for inspection; empty until a sampling call made them)."""
+    store = getattr(gpt, _STORE, None)
+    return {} if store is None else {m: d.value for (m, _), d in store.copies.items() if d.value is not None}
+
+
+def release_packed_weights(gpt: ArtistGPT) -> None:
+    """Free the packed copies of ``gpt``'s weights (the next sampling call makes them again)."""
+    store = getattr(gpt, _STORE, None)
+    if store is not None:
+        store.clear()
+
+
+def decoding_linears(gpt: ArtistGPT) -> Iterator[nn.Linear]:
+    """The Linears a decoding step multiplies by: every one of the blocks, then the head."""
+    yield from (m for m in gpt.blocks.modules() if isinstance(m, nn.Linear))
+    yield gpt.head
+
+
+class KVCache:
+    """Keys and values of every layer for a fixed batch, preallocated to ``block_size`` positions.
+
+    ``length`` is the number of positions already written. Views of the first ``length`` entries are
+    handed to attention, so each decoding step costs one token's worth of projections. ``packed``
+    maps Linears to their copy in ``form``'s layout; a Linear without one runs as without a cache.
+    """
+
+    def __init__(self, config: GPTConfig, batch: int, device, dtype,
+                 packed: dict[nn.Linear, torch.Tensor] | None = None, form: WeightForm = ONEDNN) -> None:
+        hd = config.n_embd // config.n_head
+        shape = (config.n_layer, batch, config.n_head, config.block_size, hd)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0
+        self.packed = packed or {}
+        self.form = form
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # k, v: (B, H, T, hd) for the new positions; returns all positions so far
+        t0, t1 = self.length, self.length + k.shape[2]
+        self.k[layer, :, :, t0:t1] = k
+        self.v[layer, :, :, t0:t1] = v
+        return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]
+
+    def linear(self, module: nn.Linear, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
+        """``act(module(x))``, through the packed weight when there is one."""
+        packed = self.packed.get(module)
+        if packed is None:
+            return linear(module, x, act)
+        return self.form.multiply(x, packed, module.bias, act)
+
+
+def new_cache(gpt: ArtistGPT, batch: int, device=None, dtype=None, pack_weights: bool | None = None) -> KVCache:
+    """An empty cache for ``batch`` rows of ``gpt``. ``pack_weights`` (default: where it pays off for
+    ``batch`` rows) gives it oneDNN-packed copies of the Linear weights, kept on ``gpt`` between
+    calls (see the module docstring) at the price of a second copy of those weights in memory."""
+    p = gpt.pos_emb
+    linears = list(decoding_linears(gpt))
+    if pack_weights is None:
+        pack_weights = all(ONEDNN.pays_off(m.weight, batch) for m in linears)
+    packed = None
+    if pack_weights:
+        store = _store(gpt)
+        packed = {m: store.get(m, ONEDNN, batch) for m in linears}
+    return KVCache(gpt.config, batch, device or p.device, dtype or p.dtype, packed, ONEDNN)
