@@ -1,9 +1,11 @@
 """Archive extraction that checks every member before writing anything.
 
 Refused: absolute paths, drive letters, ``..`` components, links whose target leaves the extraction
-directory (and every link in a zip), devices, FIFOs and other special files. Only after the whole
-member list passes is anything extracted; tar extraction additionally runs under Python's ``data``
-filter where available.
+directory (and every link in a zip), members whose path or link target passes through a link member
+(symlink chains), members written over a link, devices, FIFOs and other special files. Only after the
+whole member list passes is anything extracted. These checks alone keep extraction inside the folder;
+tar extraction additionally runs under Python's ``data`` filter where available, as a second line
+(that filter is missing or incomplete on Python 3.10.0-3.10.11 and 3.11.0-3.11.3).
 """
 
 from __future__ import annotations
@@ -42,10 +44,45 @@ def _inside(base: PurePosixPath, target: str) -> bool:
     return True
 
 
+def _through_link(archive: str, member: str, parts: tuple[str, ...], links: set[tuple[str, ...]],
+                  what: str) -> None:
+    """Refuse ``parts`` (a member path, or where a link target leads) if it passes through a link.
+
+    On disk a link member is followed, so a path through it ends wherever the link points, which a
+    check of the names alone cannot see (``a -> ..`` then ``a/b -> ..`` then ``a/b/file``). ``..`` is
+    applied as written, and the prefix reached before it is checked too (``up/..`` passes through
+    ``up``). Where ``parts`` ends is not checked: a link to a link (``a -> b``, ``b -> file``) ends
+    inside when each link is checked.
+    """
+    stack: list[str] = []
+    last = max((i for i, part in enumerate(parts) if part not in (".", "")), default=-1)
+    for i, part in enumerate(parts):
+        if part in (".", ""):
+            continue
+        if part == "..":
+            if stack:
+                stack.pop()
+            continue
+        stack.append(part)
+        prefix = tuple(stack)
+        if i < last and prefix in links:
+            raise UnsafeArchiveError(f"{archive}: member {member!r}: {what} passes through the link "
+                                     f"{'/'.join(prefix)!r} (links inside an archive may not be followed)")
+
+
 def check_tar(archive: str, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """Every member of ``tar``, after checking them all (raises :class:`UnsafeArchiveError`).
+
+    Beyond each member's own name and link target, no member may pass through, or be written over, a
+    link member of the archive (in any order), and no link target may lead through one: this keeps
+    chains of individually harmless links from reaching outside, independently of the interpreter's
+    extraction filter.
+    """
     members = tar.getmembers()
+    paths: list[PurePosixPath] = []
     for m in members:
         path = _check_relative(archive, m.name, m.name)
+        paths.append(path)
         if m.issym() or m.islnk():
             target = m.linkname
             if not target or target.startswith("/") or PurePosixPath(target).is_absolute():
@@ -55,6 +92,21 @@ def check_tar(archive: str, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
                 raise UnsafeArchiveError(f"{archive}: link {m.name!r} -> {target!r} leads outside the archive")
         elif not (m.isfile() or m.isdir()):
             raise UnsafeArchiveError(f"{archive}: member {m.name!r} is a device, FIFO or other special file")
+    links = {path.parts for m, path in zip(members, paths) if m.issym() or m.islnk()}
+    if not links:
+        return members
+    seen_links: set[tuple[str, ...]] = set()
+    for m, path in zip(members, paths):
+        is_link = m.issym() or m.islnk()
+        _through_link(archive, m.name, path.parts, links, "its path")
+        if path.parts in links and (not is_link or path.parts in seen_links):
+            raise UnsafeArchiveError(f"{archive}: member {m.name!r} would be written through the link "
+                                     f"{path.as_posix()!r} of the same name")
+        if is_link:
+            seen_links.add(path.parts)
+            base = path.parent.parts if m.issym() else ()
+            target = tuple(m.linkname.replace("\\", "/").split("/"))
+            _through_link(archive, m.name, base + target, links, f"its link target {m.linkname!r}")
     return members
 
 
