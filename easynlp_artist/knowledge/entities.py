@@ -115,6 +115,7 @@ class EntityStore:
         self.vectors: torch.Tensor = vectors  # (N, D) float32
         self.source = source
         self._id_of: dict[str, int] | None = None
+        self._name_of: dict[int, str] | None = None
         if not self.names:
             warnings.warn(f"{source or 'entity store'}: no entity names; knowledge will do nothing", stacklevel=2)
 
@@ -141,6 +142,19 @@ class EntityStore:
         if self._id_of is None:
             self._id_of = dict(self.items())
         return self._id_of[name]
+
+    def _names_by_id(self) -> dict[int, str]:
+        if self._name_of is None:
+            self._name_of = dict(zip(self.ids, self.names))
+        return self._name_of
+
+    def name_of(self, entity_id: int) -> str:
+        """The name of an entity id; ``KeyError`` if no name of the store has that id."""
+        return self._names_by_id()[entity_id]
+
+    def has_id(self, entity_id: int) -> bool:
+        """Whether a name of the store has this id (a vector row alone does not count)."""
+        return entity_id in self._names_by_id()
 
     def vectors_for(self, ids: Sequence[int]) -> torch.Tensor:
         """``(E, D)`` vectors of the given entity ids."""

@@ -29,8 +29,15 @@ Pipeline for one text (``LatticeBuilder``):
    others are dropped and counted (``past_text_len``). At most ``entity_num`` entities per text are kept,
    chosen by ``priority``: ``"longest"`` (default: more tokens first, then earlier start, then smaller
    id — specific entities beat the fragments nested in them) or ``"position"`` (earlier start, then
-   earlier end, then smaller id — the order of the original files, whose loader took the first
-   ``entity_num``). Kept entities are listed in (start, end, id) order.
+   earlier end, then smaller id — the order our preprocessing writes). Kept entities are listed in
+   (start, end, id) order.
+
+**Preprocessed tables** (the original knowledge columns, read by :meth:`Lattice.from_columns`) are turned
+into model inputs by :func:`knowledge_from_lattices`, by default the way EasyNLP's loader did it:
+priority ``"file"`` keeps the first ``entity_num`` entities in file order, and a span crossing ``text_len``
+keeps its part inside (EasyNLP sliced its token matrix; an entity wholly past ``text_len`` still took its
+slot there and covers nothing). Every ``lex_id`` must be an id of the loaded store
+(:meth:`Lattice.check_ids`); :func:`describe_entities` shows a few rows' ids with their names.
 
 Spans in a :class:`Lattice` are half-open token spans ``[start, end)``. The original knowledge columns
 (``lex_id``, ``pos_s``, ``pos_e``, ``token_len``) store inclusive ends; :meth:`Lattice.to_columns` and
@@ -44,7 +51,7 @@ import os
 import unicodedata
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 import ahocorasick
@@ -52,10 +59,11 @@ import ahocorasick
 from ..tokenization import EncodedText, encode_texts
 from .batch import KnowledgeInputs
 from .entities import EntityStore
-from .errors import LatticeFormatError
+from .errors import LatticeFormatError, location
 
 ALIGNMENTS = ("strict", "expand")
-PRIORITIES = ("longest", "position")
+PRIORITIES = ("longest", "position", "file")
+FILE_ORDER = "file"  # the priority for preprocessed tables: their first entity_num entities, as EasyNLP
 COLUMNS = ("lex_id", "pos_s", "pos_e", "token_len")
 _MAX_AUTOMATON_ID = 2**31 - 1  # pyahocorasick STORE_INTS values are 32-bit signed
 _MAX_NAME_CHARS = 2**16 - 1  # lengths are kept as uint16
@@ -94,7 +102,7 @@ class LatticeConfig:
     entity_num: int = 10  # entities kept per text
     min_chars: int = 2  # shorter names are not matched
     alignment: str = "strict"  # "strict" or "expand", see module docstring
-    priority: str = "longest"  # "longest" or "position", see module docstring
+    priority: str = "longest"  # "longest", "position" or "file", see module docstring
     use_jieba_filter: bool = False
 
     def __post_init__(self) -> None:
@@ -118,7 +126,8 @@ class LatticeStats:
     matches: int = 0  # character matches from the automaton
     jieba_dropped: int = 0  # removed by the jieba filter
     unaligned: int = 0  # not on token boundaries (strict alignment)
-    past_text_len: int = 0  # not wholly inside the first text_len tokens
+    past_text_len: int = 0  # on the fly: not wholly inside the first text_len tokens; tables: wholly past them
+    clipped: int = 0  # spans of a table cut at text_len (the part inside is kept)
     over_entity_num: int = 0  # beyond entity_num for their text
     kept: int = 0
 
@@ -215,14 +224,30 @@ class JiebaFilter:
         return [m for m in matches if (m[0] in bounds and m[1] in bounds) or (m[0], m[1]) in words]
 
 
+class Selection(NamedTuple):
+    """What :meth:`Lattice.select` kept, and how many entities it dropped or cut."""
+
+    lattice: Lattice
+    past_text_len: int  # dropped: no token inside text_len
+    over_entity_num: int  # dropped: beyond entity_num
+    clipped: int  # kept, cut at text_len
+
+
 @dataclass(frozen=True)
 class Lattice:
-    """The entities of one text: ids and half-open token spans, over ``token_len`` text tokens."""
+    """The entities of one text: ids and half-open token spans, over ``token_len`` text tokens.
+
+    A lattice read from a table also carries where it came from (``path``, 1-based ``line`` and, when
+    known, the 1-based character column of each id in that line), for errors; equality ignores them.
+    """
 
     token_len: int
     entity_ids: tuple[int, ...] = ()
     starts: tuple[int, ...] = ()  # first token covered
     ends: tuple[int, ...] = ()  # one past the last token covered
+    path: str | None = field(default=None, compare=False, repr=False)
+    line: int | None = field(default=None, compare=False, repr=False)
+    id_columns: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.entity_ids)
@@ -279,50 +304,82 @@ class Lattice:
         ps = _parse_ints(pos_s, "pos_s", fail)
         pe = _parse_ints(pos_e, "pos_e", fail)
         expected = n_tokens + len(ids)
-        for field, values in (("pos_s", ps), ("pos_e", pe)):
+        for name, values in (("pos_s", ps), ("pos_e", pe)):
             if len(values) != expected:
                 raise fail(
-                    field, 0, f"expected {expected} positions (token_len {n_tokens} + {len(ids)} entities), "
+                    name, 0, f"expected {expected} positions (token_len {n_tokens} + {len(ids)} entities), "
                     f"found {len(values)}"
                 )
             for k in range(n_tokens):
                 if values[k][0] != k:
-                    raise fail(field, values[k][1], f"position {k + 1} must be {k} (token index), found {values[k][0]}")
+                    raise fail(name, values[k][1], f"position {k + 1} must be {k} (token index), found {values[k][0]}")
         for k, (entity_id, _) in enumerate(ids):
             (s, s_off), (e, e_off) = ps[n_tokens + k], pe[n_tokens + k]
             if not 0 <= s < n_tokens:
                 raise fail("pos_s", s_off, f"entity {entity_id} starts at {s}, outside [0, {n_tokens})")
             if not s <= e < n_tokens:
                 raise fail("pos_e", e_off, f"entity {entity_id} ends at {e}, outside [{s}, {n_tokens})")
+        id_col = cols.get("lex_id")
         return cls(
             n_tokens,
             tuple(i for i, _ in ids),
             tuple(ps[n_tokens + k][0] for k in range(len(ids))),
             tuple(pe[n_tokens + k][0] + 1 for k in range(len(ids))),
+            path=None if path is None else os.fspath(path),
+            line=line,
+            id_columns=None if id_col is None else tuple(id_col + off for _, off in ids),
         )
 
-    def select(self, text_len: int | None, entity_num: int | None, priority: str = "longest") -> tuple[Lattice, int, int]:
-        """Keep entities wholly inside ``text_len`` tokens, at most ``entity_num`` by ``priority``.
+    def check_ids(self, store: EntityStore) -> None:
+        """Every entity id must be an id of ``store``; else a :class:`LatticeFormatError` naming the file,
+        line and column (the id's character column when known; the message names ``lex_id``)."""
+        for k, entity_id in enumerate(self.entity_ids):
+            if not store.has_id(entity_id):
+                column = None if self.id_columns is None else self.id_columns[k]
+                raise LatticeFormatError(
+                    f"lex_id: entity id {entity_id} is not in the entity store "
+                    f"({store.source or 'in memory'}, {len(store)} names); was the table preprocessed with "
+                    f"another entity2id.txt?",
+                    self.path, self.line, column,
+                )
 
-        Returns ``(lattice, past_text_len, over_entity_num)``: the kept lattice (``token_len`` capped at
-        ``text_len``) and the two drop counts.
+    def select(self, text_len: int | None, entity_num: int | None, priority: str = "longest") -> Selection:
+        """At most ``entity_num`` entities by ``priority``, cut to the first ``text_len`` tokens.
+
+        A span crossing ``text_len`` keeps its part inside; one wholly past it is dropped. With
+        ``"file"`` the first ``entity_num`` in file order are taken before the cut (so, as in EasyNLP,
+        an entity wholly past ``text_len`` still uses up its slot) and kept in file order; the other
+        priorities choose among the cut spans and list them in (start, end, id) order. The kept
+        lattice has ``token_len`` capped at ``text_len``.
         """
         if priority not in PRIORITIES:
             raise ValueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
         limit = self.token_len if text_len is None else min(self.token_len, text_len)
-        items = [(s, e, i) for i, s, e in zip(self.entity_ids, self.starts, self.ends) if e <= limit]
-        past = len(self) - len(items)
-        if priority == "longest":
-            items.sort(key=lambda t: (t[0] - t[1], t[0], t[2]))
-        else:
-            items.sort(key=lambda t: (t[0], t[1], t[2]))
+        items = list(zip(self.starts, self.ends, self.entity_ids, range(len(self))))
         over = 0
-        if entity_num is not None and len(items) > entity_num:
-            over = len(items) - entity_num
-            items = items[:entity_num]
-        items.sort(key=lambda t: (t[0], t[1], t[2]))
-        kept = Lattice(limit, tuple(i for _, _, i in items), tuple(s for s, _, _ in items), tuple(e for _, e, _ in items))
-        return kept, past, over
+        if priority == FILE_ORDER and entity_num is not None and len(items) > entity_num:
+            over, items = len(items) - entity_num, items[:entity_num]
+        inside = [(s, min(e, limit), i, k) for s, e, i, k in items if s < limit]
+        past = len(items) - len(inside)
+        if priority != FILE_ORDER:
+            if priority == "longest":
+                inside.sort(key=lambda t: (t[0] - t[1], t[0], t[2]))
+            else:
+                inside.sort(key=lambda t: t[:3])
+            if entity_num is not None and len(inside) > entity_num:
+                over, inside = len(inside) - entity_num, inside[:entity_num]
+            inside.sort(key=lambda t: t[:3])
+        clipped = sum(self.ends[t[3]] > limit for t in inside)
+        kept = Lattice(
+            limit,
+            tuple(t[2] for t in inside),
+            tuple(t[0] for t in inside),
+            tuple(t[1] for t in inside),
+            path=self.path,
+            line=self.line,
+            id_columns=None if self.id_columns is None else tuple(self.id_columns[t[3]] for t in inside),
+        )
+        return Selection(kept, past, over, clipped)
 
 
 def _parse_ints(text: str, field: str, fail) -> list[tuple[int, int]]:
@@ -345,20 +402,51 @@ def knowledge_from_lattices(
     *,
     text_len: int | None = None,
     entity_num: int | None = 10,
-    priority: str = "longest",
+    priority: str = FILE_ORDER,
     stats: LatticeStats | None = None,
 ) -> KnowledgeInputs:
-    """Padded entity vectors + half-open token spans + mask for the fusion layer: ``(B, E, D)``, E ≤ entity_num."""
+    """Padded entity vectors + half-open token spans + mask for the fusion layer: ``(B, E, D)``, E ≤ entity_num.
+
+    Every id must belong to ``store`` (:meth:`Lattice.check_ids`). ``priority`` defaults to ``"file"``,
+    EasyNLP's reading of a preprocessed table; see :meth:`Lattice.select`.
+    """
     vectors, spans = [], []
     for lat in lattices:
-        kept, past, over = lat.select(text_len, entity_num, priority)
+        lat.check_ids(store)
+        kept, past, over, clipped = lat.select(text_len, entity_num, priority)
         vectors.append(store.vectors_for(kept.entity_ids))
         spans.append(list(zip(kept.starts, kept.ends)))
         if stats is not None:
             stats.past_text_len += past
             stats.over_entity_num += over
+            stats.clipped += clipped
             stats.kept += len(kept)
     return KnowledgeInputs.from_lists(vectors, spans, store.dim)
+
+
+def describe_entities(lattices: Lattice | Sequence[Lattice], store: EntityStore, limit: int = 10) -> str:
+    """The first ``limit`` entities of the first rows, e.g. ``t.tsv:1: lex_id 10 = 交通设施 (tokens 0-3)``.
+
+    One ``; ``-separated part per row (named by ``path:line`` when the lattice has them, else by its
+    position); an id the store has no name for shows as ``?``. For a log line at predict start.
+    """
+    if isinstance(lattices, Lattice):
+        lattices = [lattices]
+    parts: list[str] = []
+    shown = 0
+    for row, lat in enumerate(lattices, 1):
+        if shown >= limit:
+            break
+        items = []
+        for entity_id, s, e in zip(lat.entity_ids, lat.starts, lat.ends):
+            if shown >= limit:
+                break
+            name = store.name_of(entity_id) if store.has_id(entity_id) else "?"
+            items.append(f"lex_id {entity_id} = {name} (tokens {s}-{e - 1})")
+            shown += 1
+        where = location(lat.path, lat.line) if lat.path is not None else f"row {row if lat.line is None else lat.line}"
+        parts.append(f"{where}: {', '.join(items) if items else 'no entities'}")
+    return "; ".join(parts)
 
 
 class LatticeBuilder:

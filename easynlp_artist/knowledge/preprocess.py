@@ -145,15 +145,19 @@ class KnowledgeRow:
 
 
 def read_knowledge_table(
-    path: str | os.PathLike, *, strict: bool = True, bad_rows: list[int] | None = None
+    path: str | os.PathLike, *, strict: bool = True, bad_rows: list[int] | None = None,
+    store: EntityStore | None = None,
 ) -> Iterator[KnowledgeRow]:
     """Stream a knowledge table (original format); bad knowledge columns raise :class:`LatticeFormatError`
-    naming the file, line and column (or, unless ``strict``, are logged and skipped)."""
+    naming the file, line and column (or, unless ``strict``, are logged and skipped). With ``store``,
+    a ``lex_id`` that is not an id of the store is such a bad row too."""
     for lineno, line, fields in iter_table(path, KNOWLEDGE_FIELDS, strict=strict, bad_rows=bad_rows):
         starts = _field_columns(line)
         columns = {name: starts[2 + k] for k, name in enumerate(COLUMNS)}
         try:
             lattice = Lattice.from_columns(*fields[2:6], path=path, line=lineno, columns=columns)
+            if store is not None:
+                lattice.check_ids(store)
         except KnowledgeFileError as e:
             _skip_or_raise(e, lineno, strict, bad_rows)
             continue

@@ -168,18 +168,19 @@ def test_from_columns_errors_name_file_line_column(cols, field, offset, message)
     assert str(err).startswith(f"t.tsv:5:{columns[field] + offset}: {field}: ")
 
 
-def test_knowledge_from_file_lattices_drops_spans_past_text_len():
-    store = make_store(["ab", "cd", "ef"], dim=3)
-    lats = [Lattice(6, (0, 1, 2), (0, 2, 4), (2, 5, 6)), Lattice(2)]
+def test_knowledge_from_file_lattices_clips_spans_past_text_len():
+    store = make_store(["ab", "cd", "ef", "gh"], dim=3)
+    lats = [Lattice(7, (0, 1, 2, 3), (0, 2, 4, 5), (2, 5, 6, 7)), Lattice(2)]
     from easynlp_artist.knowledge.lattice import LatticeStats
 
     stats = LatticeStats()
     know = knowledge_from_lattices(lats, store, text_len=5, entity_num=10, stats=stats)
-    assert (stats.past_text_len, stats.kept) == (1, 2)
-    assert know.starts.tolist() == [[0, 2], [0, 0]] and know.ends.tolist() == [[2, 5], [0, 0]]
-    assert torch.equal(know.vectors[0], store.vectors[[0, 1]])
-    assert know.mask.tolist() == [[True, True], [False, False]]
-    with pytest.raises(ValueError, match="entity id 7 is outside"):
+    # entity 2 over tokens 4-5 keeps token 4 (EasyNLP sliced at text_len); entity 3 starts past it
+    assert (stats.past_text_len, stats.clipped, stats.kept) == (1, 1, 3)
+    assert know.starts.tolist() == [[0, 2, 4], [0, 0, 0]] and know.ends.tolist() == [[2, 5, 5], [0, 0, 0]]
+    assert torch.equal(know.vectors[0], store.vectors[[0, 1, 2]])
+    assert know.mask.tolist() == [[True, True, True], [False, False, False]]
+    with pytest.raises(LatticeFormatError, match="entity id 7 is not in the entity store"):
         knowledge_from_lattices([Lattice(2, (7,), (0,), (1,))], store)
 
 

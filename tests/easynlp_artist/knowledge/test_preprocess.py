@@ -100,7 +100,10 @@ def test_cli(tmp_path, entity_files, vocab_path, capsys):
         main(argv)
 
 
-@pytest.mark.parametrize("text_len, entity_num, priority", [(32, 10, "longest"), (5, 2, "longest"), (6, 3, "position")])
+# Without truncation a preprocessed table read with the builder's priority gives the builder's batch. (With
+# truncation they differ on purpose: on the fly a match must lie wholly inside text_len, while a table's span
+# keeps its part inside, as EasyNLP read it; see test_preprocessed_tables.py.)
+@pytest.mark.parametrize("text_len, entity_num, priority", [(32, 10, "longest"), (32, 2, "longest"), (32, 3, "position")])
 def test_preprocessed_table_gives_the_same_batch_as_building_on_the_fly(tmp_path, builder, text_len, entity_num, priority):
     src, out = tmp_path / "in.tsv", tmp_path / "out.tsv"
     src.write_text(INPUT + "5\t天安门广场上海南京市长江大桥华为\n", encoding="utf-8")
@@ -119,5 +122,5 @@ def test_preprocessed_table_gives_the_same_batch_as_building_on_the_fly(tmp_path
     assert (stats.kept, stats.past_text_len, stats.over_entity_num) == (
         live_stats.kept, live_stats.past_text_len, live_stats.over_entity_num
     )
-    if text_len < 32:  # the short settings really drop entities, so the counts are compared, not just zeros
-        assert stats.past_text_len > 0 and stats.over_entity_num > 0
+    if entity_num < 10:  # the small settings really drop entities, so the counts are compared, not just zeros
+        assert stats.over_entity_num > 0
