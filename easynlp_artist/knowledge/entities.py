@@ -176,12 +176,22 @@ class EntityStore:
             raise
         except Exception as e:  # torch raises several unrelated types for a corrupt file
             raise EntityFileError(f"cannot read a tensor: {e}", entity2vec_path) from e
-        vectors = _check_vectors(raw, entity2vec_path)
+        return cls._with_entity2id(entity2id_path, read_entity2id(entity2id_path), _check_vectors(raw, entity2vec_path))
+
+    @classmethod
+    def _with_entity2id(cls, path: str, entries: Entity2Id, vectors: torch.Tensor) -> EntityStore:
+        _check_names(entries.names, entries.ids, vectors.shape[0], entries.name_at(path), entries.id_at(path))
+        return cls(entries.names, entries.ids, vectors, source=path, _checked=True)
+
+    @classmethod
+    def from_entity2id(cls, entity2id_path: str | os.PathLike) -> EntityStore:
+        """Names and ids only, from ``entity2id.txt`` without its vectors: enough to match and preprocess.
+
+        The vector table is empty, ``(max id + 1, 0)`` (``dim`` 0), so it cannot feed a model.
+        """
+        entity2id_path = os.fspath(entity2id_path)
         entries = read_entity2id(entity2id_path)
-        _check_names(
-            entries.names, entries.ids, vectors.shape[0], entries.name_at(entity2id_path), entries.id_at(entity2id_path)
-        )
-        return cls(entries.names, entries.ids, vectors, source=entity2id_path, _checked=True)
+        return cls._with_entity2id(entity2id_path, entries, torch.zeros(max(entries.ids, default=-1) + 1, 0))
 
     def save_easynlp(self, out_dir: str | os.PathLike) -> tuple[str, str]:
         """Write ``entity2id.txt`` (header: the number of names) and ``entity2vec.pt``; returns both paths."""

@@ -12,26 +12,33 @@ every lattice match (overlapping and nested) in (start, end, id) order; ``text_l
 are applied later, when batches are built (:func:`~easynlp_artist.knowledge.lattice.knowledge_from_lattices`).
 Lines end with ``\\n``. Only the line ending of input rows is stripped.
 
-Rows with another number of fields or invalid UTF-8 are skipped and reported with their line number
-(``--strict`` makes the first one fatal). Memory does not grow with the table: rows are read, matched
-and written in batches of ``batch_rows``; the output appears atomically when the run completes.
+A row with another number of fields or invalid UTF-8 stops the run with an error naming the file, line
+and column, as predict does; with ``skip_bad_rows`` (``--skip_bad_rows``, the app's parameter name) such
+rows are logged and written to ``<output>.rejects.tsv`` instead, one ``line<TAB>reason`` per row. Memory
+does not grow with the table: rows are read, matched and written in batches of ``batch_rows``; the
+output (and the rejects file) appear atomically when the run completes. Only names and ids are needed:
+``entity2id.txt`` alone will do (``--entity_emb_path`` is optional; given, its rows are checked against
+the ids). Warnings are written through the progress bar, so the two do not tangle.
 
-CLI::
+CLI (EasyNLP's flag names ``--input_file``, ``--output_file``, ``--entity_map_file`` work too)::
 
     python -m easynlp_artist.knowledge.preprocess --input train.tsv --output train_knowl.tsv \\
-        --entity_map entity2id.txt --entity_emb_path entity2vec.pt --vocab vocab.txt
+        --entity_map entity2id.txt --vocab vocab.txt
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .._io import atomic_path
 from ..tokenization import load_tokenizer
@@ -62,26 +69,33 @@ def _field_columns(line: str) -> list[int]:
     return cols
 
 
-def _skip_or_raise(error: KnowledgeFileError, lineno: int, strict: bool, bad_rows: list[int] | None) -> None:
-    """``strict``: re-raise; otherwise log the bad row and record its line number."""
+def _skip_or_raise(error: KnowledgeFileError, lineno: int, strict: bool, bad_rows: list[int] | None,
+                   rejects: TextIO | None = None) -> None:
+    """``strict``: re-raise; otherwise log the bad row, record its line number and write it to ``rejects``."""
     if strict:
         raise error
     logger.warning("skipping bad row: %s", error)
     if bad_rows is not None:
         bad_rows.append(lineno)
+    if rejects is not None:
+        reason = str(error).replace("\t", " ").replace("\n", " ").replace("\r", " ")
+        rejects.write(f"{lineno}\t{reason}\n")
 
 
-def iter_table(path: str | os.PathLike, allowed: Sequence[int], *, strict: bool = False, progress: bool = False,
-               bad_rows: list[int] | None = None) -> Iterator[tuple[int, str, list[str]]]:
+def iter_table(path: str | os.PathLike, allowed: Sequence[int], *, strict: bool = True, progress: bool = False,
+               bad_rows: list[int] | None = None, rejects: TextIO | None = None
+               ) -> Iterator[tuple[int, str, list[str]]]:
     """Stream ``(line_number, line, fields)`` of a tab-separated UTF-8 file.
 
     Lines with a field count not in ``allowed`` or invalid UTF-8 raise :class:`TableFormatError`
-    (``strict``) or are logged and skipped, their line numbers appended to ``bad_rows``.
+    (``strict``, the default) or are logged and skipped, their line numbers appended to ``bad_rows``
+    and ``line<TAB>reason`` written to ``rejects``. With ``progress``, a progress bar on stderr; log
+    records are written through it meanwhile.
     """
     path = os.fspath(path)
     with open(path, "rb") as f, tqdm(
         total=os.path.getsize(path), unit="B", unit_scale=True, disable=not progress, desc=os.path.basename(path)
-    ) as bar:
+    ) as bar, (logging_redirect_tqdm() if progress else contextlib.nullcontext()):
         for lineno, raw in enumerate(f, 1):
             bar.update(len(raw))
             try:
@@ -94,7 +108,7 @@ def iter_table(path: str | os.PathLike, allowed: Sequence[int], *, strict: bool 
                     expected = " or ".join(map(str, allowed))
                     raise TableFormatError(f"expected {expected} tab-separated fields, found {len(fields)}", path, lineno, 1)
             except TableFormatError as e:
-                _skip_or_raise(e, lineno, strict, bad_rows)
+                _skip_or_raise(e, lineno, strict, bad_rows, rejects)
                 continue
             yield lineno, line, fields
 
@@ -114,17 +128,28 @@ def preprocess_table(
     builder: LatticeBuilder,
     *,
     batch_rows: int = 256,
-    strict: bool = False,
+    skip_bad_rows: bool = False,
+    rejects_path: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> PreprocessStats:
-    """Write the knowledge table of ``input_path`` to ``output_path`` (atomically); see the module docstring."""
+    """Write the knowledge table of ``input_path`` to ``output_path`` (atomically); see the module docstring.
+
+    A bad row raises :class:`TableFormatError`; with ``skip_bad_rows`` it goes to ``rejects_path``
+    (default ``<output_path>.rejects.tsv``, written even when empty) instead.
+    """
     if batch_rows <= 0:
         raise ValueError(f"batch_rows must be positive, got {batch_rows}")
     stats = PreprocessStats()
-    with atomic_path(output_path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as out:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(output_path))
+        out = stack.enter_context(open(tmp, "w", encoding="utf-8", newline="\n"))
+        rejects = None
+        if skip_bad_rows:
+            rejects_tmp = stack.enter_context(atomic_path(rejects_path or default_rejects_path(output_path)))
+            rejects = stack.enter_context(open(rejects_tmp, "w", encoding="utf-8", newline="\n"))
         batch: list[list[str]] = []
-        for _, _, fields in iter_table(input_path, INPUT_FIELDS, strict=strict, progress=progress,
-                                            bad_rows=stats.bad_rows):
+        for _, _, fields in iter_table(input_path, INPUT_FIELDS, strict=not skip_bad_rows, progress=progress,
+                                       bad_rows=stats.bad_rows, rejects=rejects):
             batch.append(fields)
             if len(batch) == batch_rows:
                 _write_batch(out, builder, batch, stats)
@@ -133,6 +158,11 @@ def preprocess_table(
             _write_batch(out, builder, batch, stats)
     stats.rows = stats.written + len(stats.bad_rows)
     return stats
+
+
+def default_rejects_path(output_path: str | os.PathLike) -> str:
+    """Where skipped rows go: ``<output>.rejects.tsv``, as the app writes them."""
+    return f"{os.fspath(output_path)}.rejects.tsv"
 
 
 @dataclass
@@ -169,17 +199,22 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m easynlp_artist.knowledge.preprocess",
         description="Add the knowledge columns (lex_id, pos_s, pos_e, token_len) to an idx/text[/imgbase64] table.",
     )
-    p.add_argument("--input", required=True, help="input table: idx<TAB>text[<TAB>imgbase64]")
-    p.add_argument("--output", required=True, help="output knowledge table")
-    p.add_argument("--entity_map", help="entity2id.txt (header line, then name<TAB>id)")
-    p.add_argument("--entity_emb_path", help="entity2vec.pt (float tensor [N, D]) that goes with --entity_map")
+    p.add_argument("--input", "--input_file", dest="input", required=True,
+                   help="input table: idx<TAB>text[<TAB>imgbase64]")
+    p.add_argument("--output", "--output_file", dest="output", required=True, help="output knowledge table")
+    p.add_argument("--entity_map", "--entity_map_file", dest="entity_map",
+                   help="entity2id.txt (header line, then name<TAB>id); all that preprocessing needs")
+    p.add_argument("--entity_emb_path", help="optional entity2vec.pt (float tensor [N, D]): ids are checked against it")
     p.add_argument("--entity_dir", help="an entity directory in our format, instead of the two files above")
     p.add_argument("--vocab", required=True, help="tokenizer vocab.txt or a directory holding it")
     p.add_argument("--min_chars", type=int, default=LatticeConfig.min_chars, help="shortest entity name matched")
     p.add_argument("--alignment", choices=ALIGNMENTS, default=LatticeConfig.alignment)
     p.add_argument("--use_jieba_filter", action="store_true", help="drop matches that cut through jieba words")
     p.add_argument("--batch_rows", type=int, default=256, help="rows tokenized and matched together")
-    p.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
+    bad = p.add_mutually_exclusive_group()
+    bad.add_argument("--skip_bad_rows", action="store_true",
+                     help="skip bad rows, writing them with the reason to <output>.rejects.tsv (default: stop at the first)")
+    bad.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
 
@@ -187,20 +222,22 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.entity_dir is None and (args.entity_map is None or args.entity_emb_path is None):
-        parser.error("give --entity_map and --entity_emb_path, or --entity_dir")
+    if args.entity_dir is None and args.entity_map is None:
+        parser.error("give --entity_map (entity2id.txt) or --entity_dir")
     if args.entity_dir is not None and (args.entity_map is not None or args.entity_emb_path is not None):
         parser.error("--entity_dir excludes --entity_map/--entity_emb_path")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         if args.entity_dir is not None:
             store = EntityStore.from_dir(args.entity_dir)
-        else:
+        elif args.entity_emb_path is not None:
             store = EntityStore.from_easynlp(args.entity_map, args.entity_emb_path)
+        else:
+            store = EntityStore.from_entity2id(args.entity_map)
         config = LatticeConfig(min_chars=args.min_chars, alignment=args.alignment, use_jieba_filter=args.use_jieba_filter)
         builder = LatticeBuilder(store, load_tokenizer(args.vocab), config)
         stats = preprocess_table(
-            args.input, args.output, builder, batch_rows=args.batch_rows, strict=args.strict,
+            args.input, args.output, builder, batch_rows=args.batch_rows, skip_bad_rows=args.skip_bad_rows,
             progress=not args.no_progress,
         )
     except (OSError, ValueError) as e:
@@ -208,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     ls = stats.lattice
     print(
-        f"wrote {stats.written} rows to {args.output}; skipped {len(stats.bad_rows)} bad rows; "
+        f"wrote {stats.written} rows to {args.output}; skipped {len(stats.bad_rows)} bad rows"
+        f"{f' (see {default_rejects_path(args.output)})' if args.skip_bad_rows else ''}; "
         f"{ls.matches} matches, {ls.unaligned} off token boundaries, {ls.jieba_dropped} dropped by jieba",
         file=sys.stderr,
     )

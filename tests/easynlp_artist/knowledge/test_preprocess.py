@@ -1,4 +1,6 @@
+import logging
 import os
+import sys
 
 import pytest
 import torch
@@ -52,19 +54,46 @@ def test_round_trip_through_original_format(tmp_path, builder):
     assert know.mask.sum(1).tolist() == [6, 4, 0, 0]
 
 
-def test_bad_rows_are_reported_by_line_and_skipped(tmp_path, builder, caplog):
+BAD_INPUT = "1\t上海\n2\t南京\tx\ty\n".encode() + b"3\t\xff\xfe\n" + "4\t长江\n5\n".encode()
+
+
+def test_bad_rows_stop_by_default_or_go_to_a_rejects_file(tmp_path, builder, caplog):
     src, out = tmp_path / "in.tsv", tmp_path / "out.tsv"
-    src.write_bytes("1\t上海\n2\t南京\tx\ty\n".encode() + b"3\t\xff\xfe\n" + "4\t长江\n5\n".encode())
-    stats = preprocess_table(src, out, builder, progress=False)
+    src.write_bytes(BAD_INPUT)
+    with pytest.raises(TableFormatError) as info:  # as predict does: the first bad row stops the run
+        preprocess_table(src, out, builder, progress=False)
+    assert (info.value.path, info.value.line, info.value.column) == (str(src), 2, 1)
+    assert not out.exists() and not os.path.exists(f"{out}.rejects.tsv")
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+    stats = preprocess_table(src, out, builder, skip_bad_rows=True, progress=False)
     assert stats.bad_rows == [2, 3, 5] and stats.written == 2 and stats.rows == 5
     assert out.read_text(encoding="utf-8").splitlines()[1].startswith("4\t长江\t11\t")
+    rejects = open(f"{out}.rejects.tsv", encoding="utf-8").read().splitlines()
+    assert [r.split("\t") for r in rejects] == [
+        ["2", f"{src}:2:1: expected 2 or 3 tab-separated fields, found 4"],
+        ["3", f"{src}:3: invalid UTF-8 at byte 3 (invalid start byte)"],
+        ["5", f"{src}:5:1: expected 2 or 3 tab-separated fields, found 1"],
+    ]
     assert f"{src}:2:1: expected 2 or 3 tab-separated fields, found 4" in caplog.text
-    assert f"{src}:3: invalid UTF-8 at byte 3" in caplog.text
-    with pytest.raises(TableFormatError) as info:
-        preprocess_table(src, tmp_path / "strict.tsv", builder, strict=True, progress=False)
-    assert (info.value.line, info.value.column) == (2, 1)
-    assert not (tmp_path / "strict.tsv").exists()
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+
+def test_warnings_do_not_tangle_with_the_progress_bar(tmp_path, builder, capsys):
+    src, out = tmp_path / "in.tsv", tmp_path / "out.tsv"
+    src.write_bytes(BAD_INPUT)
+    handler = logging.StreamHandler(sys.stderr)  # what logging.basicConfig in the CLI sets up
+    logging.getLogger().addHandler(handler)
+    try:
+        preprocess_table(src, out, builder, skip_bad_rows=True, progress=True)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "%|" in err  # the bar was drawn
+    for message in ("skipping bad row: " + str(src) + ":2:1", "skipping bad row: " + str(src) + ":5:1"):
+        before = err[: err.index(message)]
+        # the bar is cleared before a message is written: only blanks since the last line start
+        assert before.replace("\r", "\n").rsplit("\n", 1)[-1].strip() == "", repr(before[-80:])
 
 
 def test_read_knowledge_table_errors_name_line_and_column(tmp_path):
@@ -98,6 +127,31 @@ def test_cli(tmp_path, entity_files, vocab_path, capsys):
     assert f"{id_path}:2:4: entity id must be a non-negative integer" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(argv)
+
+
+def test_cli_takes_easynlp_flag_names_and_needs_no_vectors(tmp_path, entity_files, vocab_path, capsys):
+    src, out = tmp_path / "in.tsv", tmp_path / "out.tsv"
+    src.write_text(INPUT, encoding="utf-8")
+    os.remove(entity_files[1])  # entity2vec.pt: preprocessing only needs the names and ids
+    argv = ["--input_file", str(src), "--output_file", str(out), "--entity_map_file", str(entity_files[0]),
+            "--vocab", str(vocab_path), "--no_progress"]
+    assert main(argv) == 0
+    assert out.read_text(encoding="utf-8") == EXPECTED
+    assert "wrote 4 rows" in capsys.readouterr().err
+
+
+def test_cli_stops_at_the_first_bad_row_unless_skip_bad_rows(tmp_path, entity_files, vocab_path, capsys):
+    src, out = tmp_path / "in.tsv", tmp_path / "out.tsv"
+    src.write_bytes(BAD_INPUT)
+    argv = ["--input", str(src), "--output", str(out), "--entity_map", str(entity_files[0]),
+            "--vocab", str(vocab_path), "--no_progress"]
+    assert main(argv) == 1
+    assert f"error: {src}:2:1: expected 2 or 3 tab-separated fields, found 4" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*argv, "--skip_bad_rows"]) == 0
+    err = capsys.readouterr().err
+    assert "wrote 2 rows" in err and f"skipped 3 bad rows (see {out}.rejects.tsv)" in err
+    assert [r.split("\t")[0] for r in open(f"{out}.rejects.tsv", encoding="utf-8")] == ["2", "3", "5"]
 
 
 # Without truncation a preprocessed table read with the builder's priority gives the builder's batch. (With
