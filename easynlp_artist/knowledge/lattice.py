@@ -444,7 +444,10 @@ def describe_entities(lattices: Lattice | Sequence[Lattice], store: EntityStore,
             name = store.name_of(entity_id) if store.has_id(entity_id) else "?"
             items.append(f"lex_id {entity_id} = {name} (tokens {s}-{e - 1})")
             shown += 1
-        where = location(lat.path, lat.line) if lat.path is not None else f"row {row if lat.line is None else lat.line}"
+        if lat.path is not None:
+            where = location(lat.path, lat.line)
+        else:
+            where = f"row {row}" if lat.line is None else f"line {lat.line}"
         parts.append(f"{where}: {', '.join(items) if items else 'no entities'}")
     return "; ".join(parts)
 

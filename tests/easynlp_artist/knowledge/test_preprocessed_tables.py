@@ -145,3 +145,5 @@ def test_describe_entities_names_ids_from_the_store(tmp_path, store):
     short = describe_entities(lats, store, limit=2)
     assert "长江大桥" in short and "上海" not in short
     assert describe_entities(lats[0], store) == describe_entities(lats[:1], store)
+    assert text.startswith("t.tsv:1: ") and "; row 2: no entities; t.tsv:3: " in text
+    assert describe_entities([Lattice(2, line=4)], store) == "line 4: no entities"
