@@ -139,13 +139,20 @@ def _write_state(partial: Path, uri: str, validator: str | None) -> None:
                                                    "validator": validator}))
 
 
+def _reason(error: StorageError, uri: str) -> str:
+    """``error``'s message without the leading URI that ``label`` already names."""
+    text, prefix = str(error), f"{redact(uri)}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
 def fetch(uri: str, partial: Path, *, expected_size: int | None = None, expected_sha256: str | None = None,
-          policy: RetryPolicy | None = None, label: str | None = None) -> FetchResult:
+          policy: RetryPolicy | None = None, label: str | None = None, hint: str = "") -> FetchResult:
     """Download ``uri`` into ``partial`` and verify it. The caller moves ``partial`` into place.
 
     On a checksum or size mismatch the partial file is deleted and :class:`ChecksumError` raised.
     On a permanent error (404, 403, ...) or after ``policy.attempts`` transient failures a
-    :class:`ModelZooError` names the URI and the last reason; the partial bytes stay for a resume.
+    :class:`ModelZooError` names the URI and the last reason, followed by ``hint`` (what else the user
+    can do); the partial bytes stay for a resume.
     """
     policy = policy or RetryPolicy.from_env()
     label = label or redact(uri)
@@ -163,18 +170,19 @@ def fetch(uri: str, partial: Path, *, expected_size: int | None = None, expected
     while not done:
         attempt += 1
         if attempt > policy.attempts:
+            reason = _reason(last_error, uri) if last_error else "?"
             raise ModelZooError(f"{label}: download failed after {policy.attempts} attempts; "
-                                f"last error: {last_error}") from last_error
+                                f"last error: {reason}{hint}") from last_error
         if attempt > 1:
             delay = policy.wait(attempt - 1)
-            log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", label, last_error, delay,
+            log.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", label, _reason(last_error, uri), delay,
                         attempt, policy.attempts)
             time.sleep(delay)
         try:
             stream = open_range(uri, offset, validator)
         except StorageError as e:
             if not e.transient:
-                raise ModelZooError(f"{label}: {e}") from e
+                raise ModelZooError(f"{label}: {_reason(e, uri)}{hint}") from e
             last_error = e
             continue
         with stream:
@@ -199,13 +207,12 @@ def fetch(uri: str, partial: Path, *, expected_size: int | None = None, expected
                 offset = partial.stat().st_size
                 hashed = offset
                 if not e.transient:
-                    raise ModelZooError(f"{label}: {e}") from e
+                    raise ModelZooError(f"{label}: {_reason(e, uri)}{hint}") from e
                 last_error = e
                 continue
             hashed = offset
         if total is not None and offset < total:
-            last_error = StorageError(f"{label}: connection closed after {offset} of {total} bytes",
-                                      transient=True)
+            last_error = StorageError(f"connection closed after {offset} of {total} bytes", transient=True)
             continue
         done = True
     if hasher is None or hashed != offset:

@@ -76,12 +76,20 @@ def redact(uri: str) -> str:
 
 
 def split_bucket_key(uri: str) -> tuple[str, str]:
-    """``s3://bucket/a/b`` → ``("bucket", "a/b")``."""
+    """``s3://bucket/a/b`` (or ``s3://KEY:SECRET@bucket/a/b``) → ``("bucket", "a/b")``."""
     parts = urlsplit(uri)
-    bucket, key = parts.netloc, parts.path.lstrip("/")
+    bucket, key = parts.netloc.rpartition("@")[2], parts.path.lstrip("/")
     if not bucket or not key:
         raise StorageError(f"{redact(uri)}: expected {parts.scheme}://bucket/key")
     return bucket, key
+
+
+def uri_credentials(uri: str) -> tuple[str, str] | None:
+    """``(key id, secret)`` from the user info of ``s3://KEY:SECRET@bucket/...``, else ``None``."""
+    parts = urlsplit(uri)
+    if parts.username is None or parts.password is None:
+        return None
+    return unquote(parts.username), unquote(parts.password)
 
 
 def package_path(uri: str) -> Path:
@@ -156,8 +164,8 @@ class RangeStream:
             raise
         except self._read_errors as e:
             reason = _short_reason(e, self.uri)
-            raise StorageError(f"{redact(self.uri)}: connection lost while reading: {reason}",
-                               transient=True) from e
+            error = StorageError(f"{redact(self.uri)}: connection lost while reading: {reason}", transient=True)
+        raise _detached(error) from None
 
     def close(self) -> None:
         self._close()
@@ -182,15 +190,30 @@ def open_range(uri: str, start: int = 0, validator: str | None = None) -> RangeS
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
     scheme = scheme_of(uri)
-    if scheme in ("http", "https"):
-        return _http_range(uri, start, validator)
-    if scheme == "s3":
-        return _s3_range(uri, start, validator)
-    if scheme == "oss":
-        return _oss_range(uri, start, validator)
+    try:
+        if scheme in ("http", "https"):
+            return _http_range(uri, start, validator)
+        if scheme == "s3":
+            return _s3_range(uri, start, validator)
+        if scheme == "oss":
+            return _oss_range(uri, start, validator)
+    except StorageError as e:
+        raise _detached(e) from None
     path = local_path(uri)
     assert path is not None
     return _local_range(uri, path, start, validator)
+
+
+def _detached(error: StorageError) -> StorageError:
+    """``error`` without the client-library exception it was made from.
+
+    The texts of requests/urllib3/botocore/oss2 exceptions hold the full URL (query-string signatures,
+    bucket endpoints) and sometimes request parameters; our message keeps their reason, redacted, so
+    the original is dropped from ``__cause__`` and ``__context__`` (tracebacks, error reports).
+    """
+    error.__cause__ = error.__context__ = None
+    error.__suppress_context__ = True
+    return error
 
 
 def _local_range(uri: str, path: Path, start: int, validator: str | None) -> RangeStream:
@@ -236,7 +259,8 @@ def _http_range(uri: str, start: int, validator: str | None) -> RangeStream:
     try:
         resp = requests.get(uri, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT_S, _read_timeout()))
     except (requests.ConnectionError, requests.Timeout) as e:
-        raise StorageError(f"{redact(uri)}: {_short_reason(e, uri)}", transient=True) from e
+        dns = _dns_failure(e, uri, urlsplit(uri).hostname)
+        raise dns or StorageError(f"{redact(uri)}: {_short_reason(e, uri)}", transient=True) from e
     except requests.RequestException as e:
         raise StorageError(f"{redact(uri)}: {_short_reason(e, uri)}") from e
     status = resp.status_code
@@ -265,17 +289,45 @@ def _http_range(uri: str, start: int, validator: str | None) -> RangeStream:
 
 
 def _short_reason(e: BaseException, uri: str = "") -> str:
-    """The most specific reason of a requests/urllib3/botocore exception, without secrets from ``uri``."""
-    text = str(e)
+    """The most specific reason of a requests/urllib3/botocore exception, on one line, without the
+    secrets of ``uri`` (user info, query string)."""
+    text = " ".join(str(e).split())
     m = re.search(r"\[Errno -?\d+\] [^')\"]+", text)
     if m:
         return m.group(0)
     if uri and scheme_of(uri):
         parts = urlsplit(uri)
-        for secret in (parts.query, parts.password):
-            if secret:
-                text = text.replace(secret, "<redacted>")
+        for secret in (parts.query, parts.password, parts.username):
+            for form in {secret, unquote(secret or "")} - {"", None}:
+                text = text.replace(form, "<redacted>")
     return text if len(text) <= 300 else text[:300] + "..."
+
+
+def _dns_failure(e: BaseException, uri: str, host: str | None) -> StorageError | None:
+    """A permanent :class:`StorageError` when ``e`` (a client library's connection error) comes from a
+    failed name resolution (``socket.gaierror`` somewhere inside it), else ``None``.
+
+    A host name that does not resolve (a typo, a bucket or domain that is gone, no DNS at all) does
+    not start resolving a few seconds later, so it is not retried like a refused connection.
+    """
+    import socket
+
+    todo, walked = [e], []
+    while todo and len(walked) < 32:  # the wrapped exceptions form a short tree; bound the walk anyway
+        x = todo.pop()
+        walked.append(x)
+        kwargs = getattr(x, "kwargs", None)
+        nested = [x.__cause__, x.__context__, getattr(x, "reason", None), getattr(x, "exception", None),
+                  kwargs.get("error") if isinstance(kwargs, dict) else None, *getattr(x, "args", ())]
+        todo += [n for n in nested if isinstance(n, BaseException) and not any(n is w for w in walked)]
+    failure = next((x for x in walked if isinstance(x, socket.gaierror)), None)
+    if failure is None:
+        return None
+    named = (re.search(r"Failed to resolve '([^']+)'", str(x)) for x in walked)
+    shown = next((m.group(1) for m in named if m), None) or host or "?"
+    reason = f"[Errno {failure.errno}] {failure.strerror}" if failure.errno is not None else str(failure)
+    return StorageError(f"{redact(uri)}: cannot resolve host {shown!r} ({reason}); not retried: check the "
+                        "name, DNS and network access")
 
 
 # ------------------------------------------------------------------------------------------- S3
@@ -283,12 +335,17 @@ def _short_reason(e: BaseException, uri: str = "") -> str:
 
 @functools.lru_cache(maxsize=8)
 def _s3_client_cached(endpoint: str | None, region: str, addressing: str, key_id: str | None,
-                      profile: str | None) -> Any:
+                      profile: str | None, uri_secret: str | None = None) -> Any:
     import boto3
     from botocore import UNSIGNED
     from botocore.config import Config
 
-    session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
+    if uri_secret is not None:  # credentials from the URI's user info
+        session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=uri_secret)
+    elif profile:
+        session = boto3.session.Session(profile_name=profile)
+    else:
+        session = boto3.session.Session()
     signed = session.get_credentials() is not None
     config = Config(
         connect_timeout=CONNECT_TIMEOUT_S,
@@ -300,20 +357,25 @@ def _s3_client_cached(endpoint: str | None, region: str, addressing: str, key_id
     return session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
 
-def s3_client() -> Any:
-    """A boto3 S3 client configured from the environment (cached per configuration)."""
+def s3_client(uri: str | None = None) -> Any:
+    """A boto3 S3 client configured from the environment (cached per configuration); with the
+    credentials of ``uri``'s user info (``s3://KEY:SECRET@bucket/key``) when it has them."""
     endpoint = os.environ.get("EASYNLP_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or None
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     addressing = os.environ.get("EASYNLP_S3_ADDRESSING_STYLE", "auto")
     if addressing not in ("auto", "path", "virtual"):
         raise StorageError(f"EASYNLP_S3_ADDRESSING_STYLE={addressing!r}: expected auto, path or virtual")
+    creds = uri_credentials(uri) if uri else None
+    if creds is not None:
+        return _s3_client_cached(endpoint, region, addressing, creds[0], None, creds[1])
     # The key id (not the secret) is part of the cache key so that changed credentials take effect.
     return _s3_client_cached(endpoint, region, addressing, os.environ.get("AWS_ACCESS_KEY_ID"),
                              os.environ.get("AWS_PROFILE"))
 
 
 def _s3_error(uri: str, e: BaseException) -> StorageError:
-    from botocore.exceptions import ClientError, NoCredentialsError
+    from botocore.exceptions import ClientError, EndpointConnectionError, HTTPClientError, NoCredentialsError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
     if isinstance(e, ClientError):
         code = e.response.get("Error", {}).get("Code", "")
@@ -322,14 +384,21 @@ def _s3_error(uri: str, e: BaseException) -> StorageError:
         return StorageError(f"{redact(uri)}: {code or 'error'} (HTTP {status})", transient=transient)
     if isinstance(e, NoCredentialsError):
         return StorageError(f"{redact(uri)}: no AWS credentials found")
-    return StorageError(f"{redact(uri)}: {type(e).__name__}: {_short_reason(e, uri)}", transient=True)
+    if isinstance(e, EndpointConnectionError):
+        endpoint = (getattr(e, "kwargs", None) or {}).get("endpoint_url") or ""
+        dns = _dns_failure(e, uri, urlsplit(endpoint).hostname)
+        if dns is not None:
+            return dns
+    # connection refused/reset, timeouts: worth retrying; anything else (bad parameters, ...) is not
+    transient = isinstance(e, (BotoConnectionError, HTTPClientError))
+    return StorageError(f"{redact(uri)}: {type(e).__name__}: {_short_reason(e, uri)}", transient=transient)
 
 
 def _s3_range(uri: str, start: int, validator: str | None) -> RangeStream:
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = split_bucket_key(uri)
-    client = s3_client()
+    client = s3_client(uri)
     kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if start > 0:
         kwargs["Range"] = f"bytes={start}-"
@@ -404,6 +473,9 @@ def oss_bucket(bucket: str, uri: str) -> Any:
     if not cfg.endpoint:
         raise StorageError(f"{redact(uri)}: no OSS endpoint; set OSS_ENDPOINT or the [Credentials] endpoint "
                            "in the file named by EASYNLP_OSS_CONFIG (default ~/.ossutilconfig)")
+    creds = uri_credentials(uri)
+    if creds is not None:  # credentials from the URI's user info
+        cfg = OssConfig(cfg.endpoint, creds[0], creds[1])
     if cfg.key_id and cfg.key_secret:
         auth = (oss2.StsAuth(cfg.key_id, cfg.key_secret, cfg.sts_token) if cfg.sts_token
                 else oss2.Auth(cfg.key_id, cfg.key_secret))
@@ -419,7 +491,8 @@ def _oss_error(uri: str, e: BaseException) -> StorageError:
         status = int(getattr(e, "status", 0) or 0)
         code = getattr(e, "code", "") or type(e).__name__
         transient = status < 0 or status >= 500 or status in (408, 429)  # status -2: network error
-        return StorageError(f"{redact(uri)}: {code} (HTTP {status})", transient=transient)
+        dns = _dns_failure(e, uri, None) if status < 0 else None
+        return dns or StorageError(f"{redact(uri)}: {code} (HTTP {status})", transient=transient)
     return StorageError(f"{redact(uri)}: {type(e).__name__}: {_short_reason(e, uri)}", transient=True)
 
 
@@ -557,7 +630,7 @@ class _MultipartWriter(io.RawIOBase):
 
 def _s3_writer(uri: str) -> _MultipartWriter:
     bucket, key = split_bucket_key(uri)
-    client = s3_client()
+    client = s3_client(uri)
     target = {"Bucket": bucket, "Key": key}
 
     def part(upload_id: str, number: int, data: bytes) -> Any:
