@@ -28,7 +28,46 @@ def split_list(text: str) -> list[str]:
 
 
 @dataclass
-class CommonArgs:
+class TrainingArguments:
+    """The training flags, defined once: :class:`CommonArgs` embeds them and
+    ``appzoo.trainer.TrainerConfig`` extends them with settings that have no flag."""
+
+    checkpoint_dir: str | None = None  # train: ./checkpoint when not given
+    micro_batch_size: int = 2
+    epoch_num: float = 3.0
+    learning_rate: float = 5e-5
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    warmup_proportion: float = 0.1
+    gradient_accumulation_steps: int = 1
+    logging_steps: int = 100
+    save_checkpoint_steps: int | None = None
+    resume_from_checkpoint: str | None = None
+    overwrite_output_dir: bool = False
+    random_seed: int = 1234
+    use_amp: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("micro_batch_size", "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.save_checkpoint_steps is not None and self.save_checkpoint_steps < 1:
+            raise UsageError(f"--save_checkpoint_steps must be >= 1, got {self.save_checkpoint_steps}")
+        if not self.epoch_num > 0:
+            raise UsageError(f"--epoch_num must be > 0, got {self.epoch_num}")
+        if not 0.0 <= self.warmup_proportion <= 1.0:
+            raise UsageError(f"--warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
+        for name in ("learning_rate", "weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name} must be >= 0, got {getattr(self, name)}")
+
+    def training_arguments(self) -> dict:
+        """These flags' values, by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainingArguments)}
+
+
+@dataclass
+class CommonArgs(TrainingArguments):
     """The flags shared by every AppZoo application (EasyNLP names and defaults)."""
 
     mode: Literal["train", "evaluate", "predict"] = "train"
@@ -41,43 +80,20 @@ class CommonArgs:
     first_sequence: str | None = None
     second_sequence: str | None = None
     skip_first_line: bool = False
-    checkpoint_dir: str = "./checkpoint"
-    micro_batch_size: int = 2
-    epoch_num: float = 3.0
-    learning_rate: float = 5e-5
-    weight_decay: float = 1e-4
-    max_grad_norm: float = 1.0
-    warmup_proportion: float = 0.1
-    gradient_accumulation_steps: int = 1
-    logging_steps: int = 100
-    save_checkpoint_steps: int | None = None
-    resume_from_checkpoint: str | None = None
-    random_seed: int = 1234
     worker_gpu: int = 1
     worker_count: int = 1
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
-    use_amp: bool = False
     sequence_length: int = 16
     user_defined_parameters: str = ""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        positive = ("micro_batch_size", "gradient_accumulation_steps", "logging_steps", "worker_gpu",
-                    "worker_count", "sequence_length")
-        for name in positive:
+        super().__post_init__()
+        for name in ("worker_gpu", "worker_count", "sequence_length"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.save_checkpoint_steps is not None and self.save_checkpoint_steps < 1:
-            raise UsageError(f"--save_checkpoint_steps must be >= 1, got {self.save_checkpoint_steps}")
-        if not self.epoch_num > 0:
-            raise UsageError(f"--epoch_num must be > 0, got {self.epoch_num}")
-        if not 0.0 <= self.warmup_proportion <= 1.0:
-            raise UsageError(f"--warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
-        for name in ("learning_rate", "weight_decay", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.master_port < 65536:
             raise UsageError(f"--master_port must be in 1..65535, got {self.master_port}")
 
@@ -153,7 +169,7 @@ _HELP = {
     "first_sequence": "name of the input column holding the first text",
     "second_sequence": "name of the input column holding the second text",
     "skip_first_line": "skip a header line in the input tables",
-    "checkpoint_dir": "where train writes checkpoints and evaluate/predict read the model",
+    "checkpoint_dir": "where train writes checkpoints (default ./checkpoint) and evaluate/predict read the model",
     "micro_batch_size": "examples per process per forward pass",
     "epoch_num": "number of training epochs (fractions allowed)",
     "learning_rate": "peak learning rate of AdamW",
@@ -164,6 +180,7 @@ _HELP = {
     "logging_steps": "log every this many optimizer steps",
     "save_checkpoint_steps": "validate and checkpoint every this many optimizer steps (default: at the end)",
     "resume_from_checkpoint": "checkpoint directory to resume training from",
+    "overwrite_output_dir": "train into a --checkpoint_dir that already holds a run (its last/ and best/ are removed)",
     "random_seed": "seed of python, numpy and torch random generators and of the data order",
     "worker_gpu": "processes per machine (GPUs; CPU processes when there is no GPU)",
     "worker_count": "number of machines",

@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from appzoo.args import CommonArgs
+from appzoo.args import TrainingArguments
 from appzoo.distributed import (
     all_reduce_max,
     all_reduce_sum,
@@ -63,6 +63,7 @@ logger = logging.getLogger("appzoo.trainer")
 STATE_FILE = "trainer_state.pt"
 MODEL_FILE = "training_model.safetensors"
 STATE_FORMAT = 1
+DEFAULT_CHECKPOINT_DIR = "./checkpoint"
 
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 if hasattr(nn, "RMSNorm"):
@@ -78,45 +79,25 @@ class NonFiniteLossError(TrainingError):
 
 
 @dataclass
-class TrainerConfig:
-    checkpoint_dir: str = "./checkpoint"
-    micro_batch_size: int = 2
-    epoch_num: float = 3.0
-    learning_rate: float = 5e-5
-    weight_decay: float = 1e-4
-    max_grad_norm: float = 1.0
-    warmup_proportion: float = 0.1
-    gradient_accumulation_steps: int = 1
-    logging_steps: int = 100
-    save_checkpoint_steps: int | None = None
-    resume_from_checkpoint: str | None = None
-    random_seed: int = 1234
-    use_amp: bool = False
+class TrainerConfig(TrainingArguments):
+    """The training flags (:class:`appzoo.args.TrainingArguments`) plus settings without a flag."""
+
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     num_workers: int = 0
     find_unused_parameters: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("micro_batch_size", "gradient_accumulation_steps", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.save_checkpoint_steps is not None and self.save_checkpoint_steps < 1:
-            raise ValueError(f"save_checkpoint_steps must be >= 1 or None, got {self.save_checkpoint_steps}")
-        if not self.epoch_num > 0:
-            raise ValueError(f"epoch_num must be > 0, got {self.epoch_num}")
-        if not 0.0 <= self.warmup_proportion <= 1.0:
-            raise ValueError(f"warmup_proportion must be in [0, 1], got {self.warmup_proportion}")
+        super().__post_init__()
+        if self.checkpoint_dir is None:
+            self.checkpoint_dir = DEFAULT_CHECKPOINT_DIR
         if "://" in str(self.checkpoint_dir) and not str(self.checkpoint_dir).startswith("file://"):
             raise ValueError(f"checkpoint_dir must be a local directory, got {self.checkpoint_dir!r}")
 
     @classmethod
-    def from_args(cls, args: CommonArgs, **overrides: Any) -> TrainerConfig:
+    def from_args(cls, args: TrainingArguments, **overrides: Any) -> TrainerConfig:
         """The trainer settings of the command-line flags (``overrides`` win)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {name: getattr(args, name) for name in names if hasattr(args, name)}
-        values.update(overrides)
-        return cls(**values)
+        return cls(**{**args.training_arguments(), **overrides})
 
 
 @dataclass
@@ -229,7 +210,21 @@ def recover_checkpoint_dir(root: Path) -> None:
         recover_dir(root / name)
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
+def check_checkpoint_dir(config: TrainingArguments) -> None:
+    """A new run must not silently mix with an earlier one in the same folder (predict would
+    then load the old ``best/``): resume it or overwrite it explicitly."""
+    if config.resume_from_checkpoint or config.overwrite_output_dir:
+        return
+    root = Path(str(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR).removeprefix("file://"))
+    held = [f"{name}/" for name in ("last", "best") if (root / name).exists()]
+    if held:
+        raise ValueError(
+            f"--checkpoint_dir={root} already holds a training run ({', '.join(held)}); pass "
+            f"--resume_from_checkpoint={root} to continue it or --overwrite_output_dir to start again"
+        )
+
+
+def resume_dir(path: str | os.PathLike) -> Path:
     """A checkpoint directory, or a checkpoint_dir holding ``last``, that contains trainer state."""
     root = Path(path)
     for candidate in (root, root / "last"):
@@ -310,6 +305,7 @@ class Trainer:
                 raise TypeError(f"{name} must be map-style (support len() and indexing)")
         if valid_dataset is not None and len(valid_dataset) == 0:
             raise ValueError("the validation set is empty")
+        check_checkpoint_dir(config)
         self.config = config
         self.device = torch.device(device) if device is not None else device_for_rank()
         self.rank, self.world_size = get_rank(), get_world_size()
@@ -388,9 +384,12 @@ class Trainer:
             if resume is not None:
                 for root in (resume, resume.parent):
                     recover_checkpoint_dir(root)
+            elif cfg.overwrite_output_dir:
+                for name in ("last", "best"):
+                    shutil.rmtree(self.checkpoint_dir / name, ignore_errors=True)
         barrier()
         if resume is not None:
-            self._resume(resolve_checkpoint(resume))
+            self._resume(resume_dir(resume))
         else:
             seed_everything(cfg.random_seed + self.rank)
         if self.rank == 0:

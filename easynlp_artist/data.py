@@ -15,20 +15,19 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from appzoo.tables import Row, TableDataset, decode_image_base64, is_remote, open_binary
-from easynlp_artist._io import atomic_path
-from easynlp_artist.knowledge.batch import KnowledgeInputs
-from easynlp_artist.knowledge.entities import EntityStore
+from appzoo.tables import Row, Schema, TableDataset, decode_image_base64, open_binary, read_table
 from easynlp_artist.knowledge.lattice import COLUMNS as KNOWLEDGE_COLUMNS
-from easynlp_artist.knowledge.lattice import Lattice, LatticeBuilder, knowledge_from_lattices
+from easynlp_artist.knowledge.lattice import Lattice
 from easynlp_artist.models.stage1.vqgan import VQGAN
-from easynlp_artist.tokenization import encode_texts
+from modelzoo.files import atomic_path
+from modelzoo.storage import is_remote, redact
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +74,11 @@ def local_table(path: str, cache_dir: str | os.PathLike) -> str:
     atomically) into ``cache_dir``, reused while the object's bytes are unchanged."""
     if not is_remote(path):
         return path
-    name = hashlib.sha256(path.encode()).hexdigest()[:16] + "-" + os.path.basename(path.rstrip("/"))
+    # the name keeps the object's file name, never its user info or query string
+    name = hashlib.sha256(path.encode()).hexdigest()[:16] + "-" + os.path.basename(urlsplit(path).path.rstrip("/"))
     target = Path(cache_dir) / "tables" / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("downloading %s to %s", path, target)
+    logger.info("downloading %s to %s", redact(path), target)
     with open_binary(path, "rb") as src, atomic_path(target) as tmp, open(tmp, "wb") as dst:
         for chunk in iter(lambda: src.read(HASH_CHUNK), b""):
             dst.write(chunk)
@@ -127,37 +127,40 @@ def cached_codes(
     return codes
 
 
-@dataclass
-class TextEncoder:
-    """Texts (and, with knowledge, their entities) → model inputs, the same way for every mode.
+def knowledge_columns(schema: Schema) -> bool:
+    """Whether a table carries EasyNLP's preprocessed knowledge columns (lex_id, pos_s, pos_e, token_len)."""
+    return all(c in schema.names for c in KNOWLEDGE_COLUMNS)
 
-    With an entity store the lattice is built on the fly; tables that already carry the original
-    knowledge columns (``lex_id, pos_s, pos_e, token_len``) are read instead (then ``store`` only
-    supplies the vectors).
-    """
 
-    tokenizer: object
-    text_len: int
-    store: EntityStore | None = None
-    lattice: LatticeBuilder | None = None
-    entity_num: int = 10
+def row_lattice(row: Row) -> Lattice:
+    """The entities of a preprocessed row; a bad cell names file, line and column."""
+    return Lattice.from_columns(*(str(row[c]) for c in KNOWLEDGE_COLUMNS), path=row.file, line=row.line_no)
 
-    def encode(
-        self, texts: list[str], rows: list[Row] | None = None
-    ) -> tuple[torch.Tensor, KnowledgeInputs | None]:
-        if self.store is not None and rows is not None and all(c in rows[0].values for c in KNOWLEDGE_COLUMNS):
-            lattices = [self._lattice_from_row(r) for r in rows]
-            ids = encode_texts(self.tokenizer, texts, self.text_len).input_ids
-            know = knowledge_from_lattices(lattices, self.store, text_len=self.text_len, entity_num=self.entity_num)
-            return ids, know
-        if self.lattice is not None:
-            enc, know, _ = self.lattice.build(texts)
-            return enc.input_ids, know
-        return encode_texts(self.tokenizer, texts, self.text_len).input_ids, None
 
-    @staticmethod
-    def _lattice_from_row(row: Row) -> Lattice:
-        return Lattice.from_columns(*(str(row[c]) for c in KNOWLEDGE_COLUMNS), path=row.file, line=row.line_no)
+def row_lattices(rows: list[Row]) -> list[Lattice] | None:
+    """The preprocessed entities of each row, or None when the table has no knowledge columns."""
+    if not rows or not all(c in rows[0].values for c in KNOWLEDGE_COLUMNS):
+        return None
+    return [row_lattice(r) for r in rows]
+
+
+def read_rows(path: str, schema: Schema, skip_first_line: bool, rejects: list[tuple[int, str]] | None):
+    """Stream rows; a bad row raises (naming file, line, column) or, with ``rejects``, is recorded there."""
+
+    def reject(exc: ValueError) -> None:
+        if rejects is None:
+            raise exc
+        rejects.append((exc.line, str(exc)))
+
+    check = knowledge_columns(schema)
+    for row in read_table(path, schema, skip_first_line, on_error=None if rejects is None else reject):
+        if check:
+            try:
+                row_lattice(row)
+            except ValueError as exc:  # LatticeFormatError names file, line and column
+                reject(exc)
+                continue
+        yield row
 
 
 class CodesDataset:
@@ -178,14 +181,14 @@ class CodesDataset:
 
 @dataclass
 class Stage2Collate:
-    """A batch of (row, codes) → ``{"text_ids", "image_ids", "knowledge"}``."""
+    """A batch of (row, codes) → ``{"text_ids", "image_ids", "knowledge"}``, encoded by the pipeline."""
 
-    encoder: TextEncoder
+    pipe: object  # ArtistPipeline
     text_column: str
 
     def __call__(self, items: list[tuple[Row, torch.Tensor]]) -> dict:
         rows = [r for r, _ in items]
-        text_ids, knowledge = self.encoder.encode([str(r[self.text_column]) for r in rows], rows)
+        text_ids, knowledge = self.pipe.encode_prompts([str(r[self.text_column]) for r in rows], row_lattices(rows))
         return {
             "text_ids": text_ids,
             "image_ids": torch.stack([c for _, c in items]).long(),

@@ -11,10 +11,13 @@ lattice) and fused into the text embeddings automatically.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,11 +25,12 @@ from PIL import Image
 
 from easynlp_artist.knowledge.batch import KnowledgeInputs
 from easynlp_artist.knowledge.entities import ENTITY2ID_FILE, SAFETENSORS_FILE, EntityStore
-from easynlp_artist.knowledge.lattice import LatticeBuilder, LatticeConfig
-from easynlp_artist.modeling import CONFIG_FILE, ArtistModel, write_atomic
+from easynlp_artist.knowledge.lattice import Lattice, LatticeBuilder, LatticeConfig, knowledge_from_lattices
+from easynlp_artist.modeling import CONFIG_FILE, ArtistModel
 from easynlp_artist.models.stage1.vqgan import images_to_uint8
 from easynlp_artist.models.stage2.sampling import SamplingConfig
 from easynlp_artist.tokenization import VOCAB_FILE, encode_texts, load_tokenizer
+from modelzoo.files import write_text_atomic
 
 LATTICE_CONFIG_FILE = "lattice_config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"  # the sampling defaults of this model
@@ -39,25 +43,30 @@ class ArtistPipelineOutput:
     codes: torch.Tensor  # (N, img_len) the sampled image tokens
 
 
-def checkpoint_dir(path: str | os.PathLike) -> Path:
-    """The folder holding ``config.json``: ``path`` itself or its only subfolder that has one
-    (release archives unpack into a folder named after the model)."""
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """The folder holding ``config.json`` for a local location: the folder itself; a training
+    run's folder (its ``best/``, else its ``last/``); or a release archive's only subfolder."""
     path = Path(path)
-    if (path / CONFIG_FILE).is_file():
-        return path
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint folder")
+    for candidate in (path, path / "best", path / "last"):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
     inner = [p for p in path.iterdir() if p.is_dir() and (p / CONFIG_FILE).is_file()] if path.is_dir() else []
     if len(inner) == 1:
         return inner[0]
-    raise FileNotFoundError(f"no {CONFIG_FILE} in {path}" + (" or in exactly one subfolder" if path.is_dir() else ""))
+    raise FileNotFoundError(
+        f"{path}: no {CONFIG_FILE} there, in best/ or last/" + (", or in exactly one subfolder" if path.is_dir() else "")
+    )
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
-    """A local checkpoint folder for a directory, a ModelZoo name or an object-storage URI."""
-    if os.path.isdir(name_or_path):
-        return checkpoint_dir(name_or_path)
+    """A local checkpoint folder for a folder, a ModelZoo name or an object-storage URI."""
+    if os.path.exists(name_or_path):
+        return find_checkpoint(name_or_path)
     import modelzoo
 
-    return checkpoint_dir(modelzoo.resolve(os.fspath(name_or_path)))
+    return find_checkpoint(modelzoo.resolve(os.fspath(name_or_path)))
 
 
 def has_entity_store(directory: Path) -> bool:
@@ -65,6 +74,9 @@ def has_entity_store(directory: Path) -> bool:
 
 
 class ArtistPipeline:
+    """The one way in to generation: owns the model, the tokenizer, the entity store and the
+    lattice that finds entities in prompts, and the model's sampling defaults."""
+
     def __init__(
         self,
         model: ArtistModel,
@@ -93,17 +105,34 @@ class ArtistPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | os.PathLike, device=None, torch_dtype: torch.dtype | None = None
+        cls,
+        name_or_path: str | os.PathLike,
+        device=None,
+        torch_dtype: torch.dtype | None = None,
+        *,
+        entities: EntityStore | None = None,
+        lattice: Mapping[str, Any] | None = None,
     ) -> ArtistPipeline:
-        """Load from a directory, a ModelZoo name (e.g. ``artist-shapes-tiny-zh``) or a URI."""
+        """Load from a folder (a checkpoint, or a training run's folder: its ``best/``, else
+        ``last/``), a ModelZoo name (e.g. ``artist-shapes-tiny-zh``) or a URI.
+
+        ``entities`` replaces the checkpoint's entity store; ``lattice`` holds lattice settings
+        (``LatticeConfig`` fields) put over the checkpoint's ``lattice_config.json``.
+        """
         directory = resolve_checkpoint(name_or_path)
         model = ArtistModel.from_pretrained(directory, device=device, torch_dtype=torch_dtype)
         tokenizer = load_tokenizer(directory)
-        entities, lattice_config = None, None
-        if has_entity_store(directory):
+        if entities is None and has_entity_store(directory):
             entities = EntityStore.load(directory)
+        lattice_config = LatticeConfig(text_len=model.config.gpt.text_len)
         if (directory / LATTICE_CONFIG_FILE).is_file():
-            lattice_config = LatticeConfig(**json.loads((directory / LATTICE_CONFIG_FILE).read_text("utf-8")))
+            path = directory / LATTICE_CONFIG_FILE
+            try:
+                lattice_config = LatticeConfig(**json.loads(path.read_text("utf-8")))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{path}: {exc}") from exc
+        if lattice:
+            lattice_config = dataclasses.replace(lattice_config, **lattice)
         sampling = None
         if (directory / GENERATION_CONFIG_FILE).is_file():
             path = directory / GENERATION_CONFIG_FILE
@@ -119,15 +148,13 @@ class ArtistPipeline:
         ``dtype=torch.float16`` halves the weights file (they are upcast again on loading)."""
         out = self.model.save_pretrained(directory, dtype=dtype)
         vocab = "".join(t + "\n" for t, _ in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
-        write_atomic(out / VOCAB_FILE, lambda p: Path(p).write_text(vocab, encoding="utf-8"))
+        write_text_atomic(out / VOCAB_FILE, vocab)
         if self.entities is not None:
             self.entities.save(out)
         if self.lattice is not None:
-            text = json.dumps(asdict(self.lattice.config), indent=2) + "\n"
-            write_atomic(out / LATTICE_CONFIG_FILE, lambda p: Path(p).write_text(text, encoding="utf-8"))
+            write_text_atomic(out / LATTICE_CONFIG_FILE, json.dumps(asdict(self.lattice.config), indent=2) + "\n")
         if self.sampling != SamplingConfig():
-            text = json.dumps(self.sampling.to_dict(), indent=2) + "\n"
-            write_atomic(out / GENERATION_CONFIG_FILE, lambda p: Path(p).write_text(text, encoding="utf-8"))
+            write_text_atomic(out / GENERATION_CONFIG_FILE, json.dumps(self.sampling.to_dict(), indent=2) + "\n")
         return out
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> ArtistPipeline:
@@ -140,12 +167,23 @@ class ArtistPipeline:
 
     # ---- generation ------------------------------------------------------------------------------
 
-    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, KnowledgeInputs | None]:
-        """Token ids (B, text_len) and, with an entity store, the entities found in each prompt."""
+    def encode_prompts(
+        self, prompts: list[str], prompt_lattices: Sequence[Lattice] | None = None
+    ) -> tuple[torch.Tensor, KnowledgeInputs | None]:
+        """Token ids (B, text_len) and, with an entity store, the entities of each prompt: found
+        by the lattice, or given as ``prompt_lattices`` (EasyNLP's preprocessed columns)."""
+        text_len = self.model.config.gpt.text_len
+        if prompt_lattices is not None and self.lattice is not None:
+            if len(prompt_lattices) != len(prompts):
+                raise ValueError(f"{len(prompt_lattices)} prompt_lattices for {len(prompts)} prompts")
+            ids = encode_texts(self.tokenizer, prompts, text_len).input_ids
+            cfg = self.lattice.config
+            return ids, knowledge_from_lattices(prompt_lattices, self.entities, text_len=text_len,
+                                                entity_num=cfg.entity_num)
         if self.lattice is not None:
             enc, knowledge, _ = self.lattice.build(prompts)
             return enc.input_ids, knowledge
-        return encode_texts(self.tokenizer, prompts, self.model.config.gpt.text_len).input_ids, None
+        return encode_texts(self.tokenizer, prompts, text_len).input_ids, None
 
     @torch.no_grad()
     def __call__(
@@ -159,11 +197,14 @@ class ArtistPipeline:
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         image_prompt_codes: torch.Tensor | None = None,
+        prompt_lattices: Sequence[Lattice] | None = None,
     ) -> ArtistPipelineOutput:
         """Generate ``num_images_per_prompt`` images for each prompt (prompt-major order).
 
         ``image_prompt_codes`` (B, k): known leading image tokens to complete (e.g. the top rows
-        of ``pipe.model.vqgan.encode(image)``). ``output_type``: ``"pil"`` (list of PIL images),
+        of ``pipe.model.vqgan.encode(image)``). ``prompt_lattices``: the entities already found
+        in each prompt (EasyNLP's preprocessed ``lex_id, pos_s, pos_e`` columns), used instead of
+        matching. ``output_type``: ``"pil"`` (list of PIL images),
         ``"np"`` (N, H, W, 3) float in [0, 1], or ``"pt"`` (N, 3, H, W) float in [0, 1].
 
         Sampling arguments left at None take the model's defaults, ``pipe.sampling`` (plain
@@ -180,7 +221,7 @@ class ArtistPipeline:
         sampling = self.sampling.updated(
             top_k=top_k, top_p=top_p, temperature=temperature, guidance_scale=guidance_scale
         )
-        text_ids, knowledge = self.encode_prompts(prompts)
+        text_ids, knowledge = self.encode_prompts(prompts, prompt_lattices)
         images, codes = self.model.generate(
             text_ids, knowledge, num_images_per_prompt=num_images_per_prompt, sampling=sampling,
             generator=generator, image_prefix=image_prompt_codes,

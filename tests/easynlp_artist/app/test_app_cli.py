@@ -236,7 +236,7 @@ def test_fid_matches_an_independent_numpy_scipy_computation(trained, tmp_path):
     here with numpy/scipy from the same images: the table's, and the generated ones reproduced."""
     from scipy import linalg
 
-    from easynlp_artist.app import _row_generators
+    from easynlp_artist.metrics import row_generators as _row_generators
     from easynlp_artist.models.stage1.vqgan import images_to_uint8
 
     root, w = trained
