@@ -221,3 +221,18 @@ def test_config_from_common_args():
     assert (cfg.micro_batch_size, cfg.use_amp, cfg.save_checkpoint_steps, cfg.checkpoint_dir, cfg.num_workers) == (
         3, True, 5, "/x", 1)
     assert cfg.learning_rate == args.learning_rate and cfg.random_seed == args.random_seed
+
+
+def test_training_again_into_a_run_folder_is_refused_unless_overwritten(toy_plugin, tmp_path):
+    data = _examples(8)
+    model = toy_plugin.build_model(toy_plugin.ToyParams(), seed=0)
+    Trainer(model, data, toy_plugin.collate, _config(tmp_path, epoch_num=1), valid_dataset=data,
+            save_model_fn=_save).train()
+    root = tmp_path / "ckpt"
+    assert sorted(p.name for p in root.iterdir()) == ["best", "last"]
+    with pytest.raises(ValueError, match=r"already holds a training run \(last/, best/\).*--overwrite_output_dir"):
+        Trainer(model, data, toy_plugin.collate, _config(tmp_path, epoch_num=1), save_model_fn=_save)
+    # overwriting starts afresh: no best/ of the old run is left for predict to load
+    Trainer(model, data, toy_plugin.collate, _config(tmp_path, epoch_num=1, overwrite_output_dir=True),
+            save_model_fn=_save).train()
+    assert sorted(p.name for p in root.iterdir()) == ["last"]

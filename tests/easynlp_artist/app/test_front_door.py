@@ -1,0 +1,128 @@
+"""One front door: the `easynlp` command generates through the same pipeline, with the same
+checkpoint settings, as the notebook API; where the model comes from is decided once."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+
+import numpy as np
+import torch
+from helpers.tiny import randomize_, tiny_artist_config
+from PIL import Image
+
+from appzoo.cli import main as easynlp
+from easynlp_artist.knowledge import lattice as lattice_module
+from easynlp_artist.knowledge.entities import EntityStore
+from easynlp_artist.knowledge.lattice import LatticeConfig
+from easynlp_artist.modeling import ArtistModel
+from easynlp_artist.pipeline import ArtistPipeline
+from easynlp_artist.tokenization import char_vocab, load_tokenizer, write_vocab
+
+CHARS = "一个红色的圆形番茄柠檬黄在白背景上和大小"
+NAMES = ["番茄", "柠檬", "红色", "圆形", "大番茄", "一个", "黄色", "背景"]
+PROMPTS = ["一个大番茄和柠檬在白背景上", "红色的圆形番茄", "黄色柠檬和一个大番茄在背景上"]
+
+
+def knowledge_checkpoint(tmp_path):
+    """A knowledge checkpoint whose lattice settings are not the defaults (entity_num, min_chars,
+    priority), so the entities found depend on reading its lattice_config.json."""
+    vocab = char_vocab(CHARS)
+    write_vocab(vocab, tmp_path / "vocab.txt")
+    tok = load_tokenizer(tmp_path / "vocab.txt")
+    model = randomize_(ArtistModel(tiny_artist_config(len(vocab), entity_dim=4, text_len=12)), seed=3, scale=0.5)
+    vectors = torch.randn(len(NAMES), 4, generator=torch.Generator().manual_seed(0)) * 3
+    store = EntityStore(NAMES, list(range(len(NAMES))), vectors)
+    cfg = LatticeConfig(text_len=12, entity_num=2, min_chars=3, priority="position")
+    return ArtistPipeline(model, tok, store, cfg).save_pretrained(tmp_path / "ckpt")
+
+
+def _table(path, prompts):
+    path.write_text("".join(f"{i}\t{p}\n" for i, p in enumerate(prompts)), encoding="utf-8")
+    return path
+
+
+def _predicted_pixels(path):
+    return [
+        np.asarray(Image.open(io.BytesIO(base64.b64decode(line.split("\t")[2]))))
+        for line in path.read_text(encoding="utf-8").splitlines()
+    ]
+
+
+def test_cli_uses_the_checkpoints_lattice_settings_like_the_pipeline(tmp_path, monkeypatch):
+    ckpt = knowledge_checkpoint(tmp_path)
+    pipe = ArtistPipeline.from_pretrained(ckpt)
+    assert pipe.lattice.config == LatticeConfig(text_len=12, entity_num=2, min_chars=3, priority="position")
+    _, know = pipe.encode_prompts(PROMPTS)
+    _, default = ArtistPipeline(pipe.model, pipe.tokenizer, pipe.entities).encode_prompts(PROMPTS)
+    # the settings matter here: the defaults find other entities
+    assert know.mask.sum(1).tolist() != default.mask.sum(1).tolist()
+
+    built = []
+    real = lattice_module.LatticeBuilder.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(lattice_module.LatticeBuilder, "__init__", counting)
+    table = _table(tmp_path / "in.tsv", PROMPTS)
+    out = tmp_path / "out.tsv"
+    assert easynlp([
+        "--app_name=text2image_artist", "--mode=predict", f"--tables={table}", f"--outputs={out}",
+        f"--checkpoint_dir={ckpt}", "--micro_batch_size=2", "--user_defined_parameters=top_k=4 seed=7",
+    ]) == 0
+    assert len(built) == 1, "the command builds its pipeline (and lattice automaton) once"
+
+    from appzoo.tables import Row
+    from easynlp_artist.metrics import row_generators
+
+    rows = [Row(values={}, file=str(table), line_no=i + 1) for i in range(len(PROMPTS))]
+    expected = pipe(PROMPTS, top_k=4, generator=row_generators(7, rows), output_type="np").images
+    got = _predicted_pixels(out)
+    for a, b in zip(got, expected, strict=True):
+        assert np.array_equal(a, np.rint(b * 255).astype(np.uint8))
+
+
+def test_given_lattice_settings_overlay_the_checkpoints(tmp_path):
+    ckpt = knowledge_checkpoint(tmp_path)
+    pipe = ArtistPipeline.from_pretrained(ckpt, lattice={"entity_num": 5})
+    assert pipe.lattice.config == LatticeConfig(text_len=12, entity_num=5, min_chars=3, priority="position")
+
+
+def test_a_training_run_folder_loads_its_best_then_last(tmp_path):
+    ckpt = knowledge_checkpoint(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    os.replace(ckpt, run / "last")
+    assert ArtistPipeline.from_pretrained(run).model.config.gpt.text_len == 12
+
+
+def test_a_checkpoint_dir_that_does_not_exist_is_an_error(tmp_path, capsys):
+    table = _table(tmp_path / "in.tsv", PROMPTS[:1])
+    code = easynlp(["--app_name=text2image_artist", "--mode=predict", f"--tables={table}",
+                    f"--outputs={tmp_path / 'o.tsv'}", f"--checkpoint_dir={tmp_path / 'nope'}"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"easynlp: error: --checkpoint_dir={tmp_path / 'nope'}: no such folder"
+    assert not (tmp_path / "o.tsv").exists()
+
+
+def test_outputs_over_the_input_are_refused_before_loading(tmp_path, capsys):
+    table = _table(tmp_path / "in.tsv", PROMPTS[:1])
+    before = table.read_bytes()
+    for outputs, message in ((table, "is the input table"), (tmp_path, "is a folder"),
+                             (table / "x.tsv", "is a file, not a folder")):
+        code = easynlp(["--app_name=text2image_artist", "--mode=predict", f"--tables={table}",
+                        f"--outputs={outputs}"])
+        assert code == 2
+        assert message in capsys.readouterr().err
+    assert table.read_bytes() == before
+
+
+def test_a_second_table_for_predict_is_an_error(tmp_path, capsys):
+    table = _table(tmp_path / "in.tsv", PROMPTS[:1])
+    assert easynlp(["--app_name=text2image_artist", "--mode=predict", f"--tables={table},{table}",
+                    f"--outputs={tmp_path / 'o.tsv'}"]) == 2
+    assert "reads one table" in capsys.readouterr().err
