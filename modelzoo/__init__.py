@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ChecksumError, ModelZooError, StorageError, UnsafeArchiveError
+from .errors import ChecksumError, ModelZooError, StorageError, UnknownModelError, UnsafeArchiveError
 from .hub import UnverifiedDownloadWarning, default_cache_dir, is_offline, resolve
 from .index import ModelEntry, ModelFile, load_registry
 
@@ -22,6 +22,7 @@ __all__ = [
     "ModelFile",
     "ModelZooError",
     "StorageError",
+    "UnknownModelError",
     "UnsafeArchiveError",
     "UnverifiedDownloadWarning",
     "default_cache_dir",
@@ -44,4 +45,4 @@ def get_entry(name: str, *, cache_dir: str | os.PathLike | None = None,
     for entry in list_models(cache_dir=cache_dir, offline=offline):
         if entry.name == name:
             return entry
-    raise ModelZooError(f"{name!r} is not a model name in the index; see `python -m modelzoo list`")
+    raise UnknownModelError(f"{name!r} is not a model name in the index; see `python -m modelzoo list`")

@@ -10,6 +10,7 @@ tar extraction additionally runs under Python's ``data`` filter where available,
 
 from __future__ import annotations
 
+import os
 import stat
 import tarfile
 import zipfile
@@ -118,6 +119,24 @@ def check_zip(archive: str, zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
         if mode and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
             raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a link or special file")
     return members
+
+
+def check_folder(folder: Path, label: str) -> None:
+    """The rules for archive members, applied to a folder about to be copied (links are not followed):
+    no link may lead outside ``folder``, no device, FIFO or socket. Raises :class:`UnsafeArchiveError`."""
+    root = os.path.realpath(folder)
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, folder)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                real = os.path.realpath(path)
+                if os.path.commonpath([root, real]) != root:
+                    raise UnsafeArchiveError(f"{label}: {rel!r} is a link leading outside the folder "
+                                             f"(-> {os.readlink(path)!r})")
+            elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise UnsafeArchiveError(f"{label}: {rel!r} is a device, FIFO, socket or other special file")
 
 
 def safe_extract(archive_path: Path, dest: Path, fmt: str, label: str | None = None) -> None:

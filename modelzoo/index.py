@@ -85,6 +85,16 @@ class ModelEntry:
         return "file" if is_remote(self.uri) else "local"
 
     @property
+    def total_size(self) -> int | None:
+        """Bytes of the checkpoint as the index knows them: ``size``, else the sum of the listed files'
+        sizes when every one is known (a local directory's manifest, a per-file download)."""
+        if self.size is not None:
+            return self.size
+        if self.files and all(f.size is not None for f in self.files):
+            return sum(f.size for f in self.files if f.size is not None)
+        return None
+
+    @property
     def verified(self) -> bool:
         """True when every downloaded byte is checked against a sha256 from the index."""
         if self.kind in ("archive", "file"):
@@ -241,7 +251,7 @@ def _load_local(path: Path, source: str) -> dict[str, ModelEntry]:
 _parsed_remote: dict[str, dict[str, ModelEntry]] = {}
 
 
-def _load_remote(uri: str, cache_dir: Path, offline: bool) -> dict[str, ModelEntry]:
+def _load_remote(uri: str, cache_dir: Path, offline: bool, why: str) -> dict[str, ModelEntry]:
     """A remote index is fetched once per process and kept in the cache for offline use."""
     import hashlib
 
@@ -250,8 +260,7 @@ def _load_remote(uri: str, cache_dir: Path, offline: bool) -> dict[str, ModelEnt
     saved = cache_dir / "indexes" / (hashlib.sha256(uri.encode()).hexdigest()[:24] + ".json")
     if offline:
         if not saved.is_file():
-            raise ModelZooError(f"offline mode (EASYNLP_MODELZOO_OFFLINE=1): index {redact(uri)} was never "
-                                f"fetched; missing {saved}")
+            raise ModelZooError(f"offline mode ({why}): index {redact(uri)} was never fetched; missing {saved}")
         text = saved.read_text(encoding="utf-8")
     else:
         try:
@@ -279,13 +288,15 @@ class Registry:
         return self.entries.get(name)
 
 
-def load_registry(cache_dir: Path, offline: bool) -> Registry:
+def load_registry(cache_dir: Path, offline: bool, offline_why: str = "EASYNLP_MODELZOO_OFFLINE=1") -> Registry:
+    """The shipped index, then those named by ``EASYNLP_MODELZOO_INDEX``. ``offline_why`` says in
+    messages who asked for offline mode."""
     registry = Registry()
     registry.entries.update(_load_local(SHIPPED_INDEX, str(SHIPPED_INDEX)))
     registry.sources.append(str(SHIPPED_INDEX))
     for extra in filter(None, (x.strip() for x in os.environ.get("EASYNLP_MODELZOO_INDEX", "").split(";"))):
         if is_remote(extra):
-            registry.entries.update(_load_remote(extra, cache_dir, offline))
+            registry.entries.update(_load_remote(extra, cache_dir, offline, offline_why))
             registry.sources.append(redact(extra))
         else:
             path = local_path(extra)

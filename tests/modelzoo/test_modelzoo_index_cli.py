@@ -141,7 +141,7 @@ def test_cli_list_info_download_verify(zoo, served, tmp_path, monkeypatch, capsy
     capsys.readouterr()
     assert main(["verify", "org/cli-model"]) == 0
     assert len(served.gets("c.tgz")) == 2
-    assert main(["download", "no-such-model"]) == 1
+    assert main(["download", "no-such-model"]) == 2
     assert "not a local directory nor a model name" in capsys.readouterr().err
 
 
