@@ -131,7 +131,8 @@ class CausalSelfAttention(nn.Module):
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_drop(lin(self.proj, y))
+        y = lin(self.proj, y)
+        return self.resid_drop(y) if self.training else y  # eval: skip the no-op call (decoding steps)
 
 
 class Block(nn.Module):
@@ -153,7 +154,8 @@ class Block(nn.Module):
         lin = _linear_of(cache)
         x = x + self.attn(self.ln1(x), cache, layer)
         fc, gelu, out, drop = self.mlp  # the activation goes with its Linear: a cache may fuse them
-        return x + drop(lin(out, lin(fc, self.ln2(x), gelu)))
+        y = lin(out, lin(fc, self.ln2(x), gelu))
+        return x + (drop(y) if self.training else y)
 
 
 def fuse_knowledge(tok: torch.Tensor, ent: torch.Tensor, knowledge: KnowledgeInputs) -> torch.Tensor:
