@@ -1,7 +1,11 @@
 """The ``easynlp`` command: flags → CommonArgs, app lookup, app parameters, launch, dispatch.
 
-Exit status: 0 success, 2 bad input (one ``easynlp: error: ...`` line, no traceback),
-1 a failure while running (for example a non-finite training loss).
+Exit status: 0 success; 2 bad input or a user-facing error of any layer (one
+``easynlp: error: ...`` line naming the file, URI or flag, no traceback); 1 a failure while
+running (for example a non-finite training loss); 130 after Ctrl-C and 143 after SIGTERM (each
+with one line; outputs are not published, temporary files are removed). ``--debug`` (or
+``EASYNLP_DEBUG=1``) shows the traceback instead. URIs in every message and log line are shown
+without user info or query strings.
 """
 
 from __future__ import annotations
@@ -9,20 +13,37 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from appzoo.apps import AppNotFoundError, discover_apps, find_app, format_app_list
 from appzoo.args import CommonArgs, UsageError, build_parser
 from appzoo.errors import RunError
-from appzoo.params import parse_user_defined_parameters
+from appzoo.params import describe_params, parse_user_defined_parameters
+from modelzoo.errors import ModelZooError
+from modelzoo.files import env_bool
+from modelzoo.storage import redact_text
 
 logger = logging.getLogger("appzoo")
 
+DISTRIBUTION = "easynlp-artist"
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so cleanup runs as after Ctrl-C."""
+
 
 def _fail(message: str, status: int) -> int:
-    print(f"easynlp: error: {message}", file=sys.stderr)
+    print(f"easynlp: error: {redact_text(message)}", file=sys.stderr)
     return status
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact_text(record.getMessage())
+        record.args = ()
+        return True
 
 
 def _configure_logging() -> None:
@@ -32,14 +53,56 @@ def _configure_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _RedactingFilter) for f in handler.filters):
+            handler.addFilter(_RedactingFilter())
+
+
+def version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _help(argv: list[str]) -> str:
+    """The generic help, or with --app_name the app's parameters for --mode (or every mode)."""
+    app_name = next((a.split("=", 1)[1] for a in argv if a.startswith("--app_name=")), None)
+    if app_name is None and "--app_name" in argv[:-1]:
+        app_name = argv[argv.index("--app_name") + 1]
+    mode = next((a.split("=", 1)[1] for a in argv if a.startswith("--mode=")), None)
+    if app_name is None:
+        return build_parser(epilog=format_app_list(discover_apps())).format_help()
+    app_cls = find_app(app_name)
+    where = f" --mode={mode}" if mode else ""
+    head = f"easynlp --app_name={app_name}{where}: {app_cls.description}\n"
+    keys = describe_params(app_cls.Params, mode)
+    usage = ("\n--user_defined_parameters takes these keys, separated by spaces "
+             "(e.g. \"max_generated_num=4 top_k=32\"):\n")
+    return head + usage + keys + "\n\nThe common flags: easynlp --help"
+
+
+def _debug(argv: list[str]) -> bool:
+    return "--debug" in argv or env_bool("EASYNLP_DEBUG")
+
+
+def _on_sigterm(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    raise Terminated()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(build_parser(epilog=format_app_list(discover_apps())).format_help())
+    debug = _debug(argv)
+    argv = [a for a in argv if a != "--debug"]
+    if "--version" in argv:
+        print(f"easynlp ({DISTRIBUTION}) {version()}")
         return 0
     try:
+        if "-h" in argv or "--help" in argv:
+            print(_help(argv))
+            return 0
         args = CommonArgs.from_argv(argv)
         if not args.app_name:
             raise UsageError("--app_name is required (easynlp --help lists the installed apps)")
@@ -55,23 +118,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         if needs_relaunch(args):
             return relaunch(argv, args)
     except (UsageError, AppNotFoundError, ValueError) as exc:
+        if debug:
+            raise
         return _fail(str(exc), 2)
-    return _run(app_cls, args, params)
+    return _run(app_cls, args, params, debug)
 
 
-def _run(app_cls, args: CommonArgs, params) -> int:
+def _run(app_cls, args: CommonArgs, params, debug: bool = False) -> int:
     from appzoo.distributed import cleanup_distributed, init_distributed
 
     _configure_logging()
-    info = init_distributed()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        result = app_cls().run(args, params)
-    except (ValueError, FileNotFoundError) as exc:
+        info = init_distributed()
+        try:
+            result = app_cls().run(args, params)
+        finally:
+            cleanup_distributed()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        return _fail("interrupted (Ctrl-C); nothing was published", 130)
+    except Terminated:
+        if debug:
+            raise
+        return _fail("terminated (SIGTERM); nothing was published", 143)
+    except (ValueError, FileNotFoundError, ModelZooError) as exc:
+        if debug:
+            raise
         return _fail(str(exc), 2)
     except RunError as exc:
+        if debug:
+            raise
         return _fail(str(exc), 1)
+    except OSError as exc:  # a full disk, a read-only folder: say which file
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}", 2)
     finally:
-        cleanup_distributed()
+        signal.signal(signal.SIGTERM, previous)
     if result and info.rank == 0:
         logger.info("result: %s", json.dumps(result, default=str, sort_keys=True))
     return 0

@@ -6,6 +6,12 @@
 """
 
 import importlib
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("easynlp-artist")
+except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+    __version__ = "unknown"
 
 _EXPORTS = {
     "ArtistConfig": "easynlp_artist.configuration",
@@ -14,7 +20,7 @@ _EXPORTS = {
     "ArtistPipelineOutput": "easynlp_artist.pipeline",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "__version__"])
 
 
 def __getattr__(name: str):

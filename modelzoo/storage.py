@@ -75,6 +75,14 @@ def redact(uri: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, query, ""))
 
 
+_URI_IN_TEXT_RE = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URI in it shown through :func:`redact` (for log lines and messages)."""
+    return _URI_IN_TEXT_RE.sub(lambda m: redact(m.group(0)), str(text))
+
+
 def split_bucket_key(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b`` (or ``s3://KEY:SECRET@bucket/a/b``) → ``("bucket", "a/b")``."""
     parts = urlsplit(uri)

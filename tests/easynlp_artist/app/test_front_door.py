@@ -6,6 +6,9 @@ from __future__ import annotations
 import base64
 import io
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -126,3 +129,52 @@ def test_a_second_table_for_predict_is_an_error(tmp_path, capsys):
     assert easynlp(["--app_name=text2image_artist", "--mode=predict", f"--tables={table},{table}",
                     f"--outputs={tmp_path / 'o.tsv'}"]) == 2
     assert "reads one table" in capsys.readouterr().err
+
+
+def test_per_mode_help_lists_every_key_from_the_params_config(capsys):
+    from dataclasses import fields, is_dataclass
+
+    from easynlp_artist.params import ArtistParams
+
+    assert easynlp(["--app_name=text2image_artist", "--mode=predict", "--help"]) == 0
+    text = capsys.readouterr().out
+    groups = {f.name: f.type for f in fields(ArtistParams)}
+    predict_groups = ("model", "knowledge", "sampling", "output")
+    for group in predict_groups:
+        cls = next(f.default_factory for f in fields(ArtistParams) if f.name == group)
+        assert is_dataclass(cls)
+        for f in fields(cls):
+            line = next((ln for ln in text.splitlines() if ln.strip().startswith(f"{f.name}=")), None)
+            assert line is not None, f"{f.name} missing from the predict help"
+            assert f.metadata["help"] in line
+    assert "top_k=int  (default none)" in text and "max_generated_num=int  (default 1)" in text
+    assert "disc_start=" not in text  # stage-1 training keys are not predict's
+    assert len(groups) == 8
+
+
+def test_version_flag_and_attribute(capsys):
+    import easynlp_artist
+
+    assert easynlp(["--version"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == f"easynlp (easynlp-artist) {easynlp_artist.__version__}" and easynlp_artist.__version__[0].isdigit()
+
+
+def test_a_model_uri_with_secrets_fails_in_one_line_without_them(tmp_path):
+    from helpers.range_server import closed_port
+
+    table = _table(tmp_path / "in.tsv", PROMPTS[:1])
+    uri = f"http://user:PASSWORD1@127.0.0.1:{closed_port()}/m.tgz?sig=SECRET2"
+    # a real process, so the log lines (the app logs which model it loads) are seen as a user sees them
+    exe = Path(sys.executable).with_name("easynlp")
+    proc = subprocess.run(
+        [str(exe), "--app_name=text2image_artist", "--mode=predict", f"--tables={table}",
+         f"--outputs={tmp_path / 'o.tsv'}", f"--user_defined_parameters=pretrain_model_name_or_path={uri}"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "EASYNLP_MODELZOO_RETRIES": "1"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr
+    assert "loading model http://127.0.0.1" in err
+    assert "PASSWORD1" not in err and "SECRET2" not in err and "user" not in err
+    assert [ln for ln in err.splitlines() if ln.startswith("easynlp: error:")] == [err.strip().splitlines()[-1]]
+    assert "127.0.0.1" in err.strip().splitlines()[-1]
