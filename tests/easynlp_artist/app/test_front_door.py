@@ -178,3 +178,42 @@ def test_a_model_uri_with_secrets_fails_in_one_line_without_them(tmp_path):
     assert "PASSWORD1" not in err and "SECRET2" not in err and "user" not in err
     assert [ln for ln in err.splitlines() if ln.startswith("easynlp: error:")] == [err.strip().splitlines()[-1]]
     assert "127.0.0.1" in err.strip().splitlines()[-1]
+
+
+def _predict_cmd(table, outputs, image_dir, *extra):
+    exe = Path(sys.executable).with_name("easynlp")
+    return [str(exe), "--app_name=text2image_artist", "--mode=predict", f"--tables={table}", f"--outputs={outputs}",
+            "--micro_batch_size=1", f"--user_defined_parameters=image_dir={image_dir} num_threads=1", *extra]
+
+
+def test_image_folder_is_published_whole_and_sigterm_leaves_the_old_one(tmp_path):
+    """Images go to a staging folder renamed into place at the end: stale PNGs of an earlier run
+    never mix in, and a run stopped by SIGTERM (a real signal) exits 143 leaving the old outputs."""
+    import signal
+    import time
+
+    images, out = tmp_path / "images", tmp_path / "out.tsv"
+    first = subprocess.run(_predict_cmd(_table(tmp_path / "a.tsv", ["一个红色的圆形"] * 3), out, images),
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.name for p in images.iterdir()) == ["000001_0.png", "000002_0.png", "000003_0.png", "index.html"]
+    second = subprocess.run(_predict_cmd(_table(tmp_path / "b.tsv", ["一个番茄"]), out, images),
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in images.iterdir()) == ["000001_0.png", "index.html"]  # no stale PNGs
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    table_before = out.read_bytes()
+
+    proc = subprocess.Popen(_predict_cmd(_table(tmp_path / "c.tsv", ["一个蓝色的星形"] * 200), out, images),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.suffix == ".png" for s in tmp_path.glob(".images.*.staging") for p in s.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "no image was generated"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "easynlp: error: terminated (SIGTERM); nothing was published"
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == before
+    assert out.read_bytes() == table_before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging, no temp table
