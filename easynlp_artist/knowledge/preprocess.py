@@ -40,7 +40,8 @@ from typing import TextIO
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .._io import atomic_path
+from modelzoo.files import atomic_path
+
 from ..tokenization import load_tokenizer
 from .entities import EntityStore
 from .errors import KnowledgeFileError, TableFormatError

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .._io import atomic_path
+from modelzoo.files import atomic_path
+
 from .entities import EntityStore
 from .errors import KnowledgeFileError
 
