@@ -20,7 +20,7 @@ FORMAT_VERSION = 1
 # Keys of the original (EasyNLP) config.json that describe the GPT.
 _ORIGINAL_GPT_KEYS = {
     "vocab_size", "img_vocab_size", "text_vocab_size", "block_size", "n_layer", "n_head", "n_embd",
-    "embd_pdrop", "resid_pdrop", "attn_pdrop", "n_unmasked",
+    "embd_pdrop", "resid_pdrop", "attn_pdrop", "n_unmasked", "knowledge_fusion",
 }
 _ORIGINAL_INT_KEYS = ("vocab_size", "img_vocab_size", "text_vocab_size", "block_size", "n_layer", "n_head",
                       "n_embd", "n_unmasked")
@@ -139,7 +139,9 @@ class ArtistConfig:
         """The EasyNLP release's flat config.json (model_type "artist"); its VQGAN is the f16 design.
 
         The original file has no knowledge field: the knowledge variant is recognised by its
-        ``ent_emb`` weights, whose width the caller passes as ``entity_dim``. ``vqgan`` overrides
+        ``ent_emb`` weights, whose width the caller passes as ``entity_dim``, and it fuses knowledge
+        the release's way (``knowledge_fusion="output"``, what its ``ent_emb`` was trained for)
+        unless the file says otherwise (``knowledge_fusion``, which :meth:`to_original` writes). ``vqgan`` overrides
         the stage-1 config (default: the file's ``vqgan`` section if any, else the release's).
         Without ``text_vocab_size`` it is ``vocab_size - img_vocab_size`` (21128 when both are
         absent). The standard transformers keys EasyNLP's files carry are expected (one debug line);
@@ -194,6 +196,7 @@ class ArtistConfig:
             n_head=d["n_head"],
             n_embd=d["n_embd"],
             entity_dim=entity_dim,
+            knowledge_fusion=d.get("knowledge_fusion", "input" if entity_dim is None else "output"),
             **dropouts,
         )
 
@@ -202,6 +205,8 @@ class ArtistConfig:
         tokenizer is not the release's f16 design, which the original hard-coded)."""
         g = self.gpt
         extra = {} if self.vqgan == VQGANConfig() else {"vqgan": self.vqgan.to_dict()}
+        if g.knowledge:  # EasyNLP ignores it; it says which fusion the weights are for
+            extra["knowledge_fusion"] = g.knowledge_fusion
         return {
             "model_type": MODEL_TYPE,
             "vocab_size": g.vocab_size,

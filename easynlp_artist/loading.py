@@ -142,8 +142,10 @@ def load_pipeline(args: CommonArgs, params: ArtistParams, device: torch.device) 
         if store is not None and not pipe.model.config.knowledge:
             raise ValueError("entity_emb_path is given but the model has no knowledge part (entity_dim=None)")
     _check_sizes(pipe.model.config, params.sizes)
-    if params.training.caption_dropout is not None:
-        gpt_cfg = dataclasses.replace(pipe.model.config.gpt, caption_dropout=params.training.caption_dropout)
+    given = {k: v for k, v in (("caption_dropout", params.training.caption_dropout),
+                               ("knowledge_fusion", params.knowledge.knowledge_fusion)) if v is not None}
+    if given:
+        gpt_cfg = dataclasses.replace(pipe.model.config.gpt, **given)
         pipe.model.config = ArtistConfig(pipe.model.config.vqgan, gpt_cfg)
         pipe.model.gpt.config = gpt_cfg
     dtype = getattr(torch, params.model.dtype) if args.mode != "train" else None

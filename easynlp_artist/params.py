@@ -88,6 +88,8 @@ class KnowledgeParams:
     alignment: str | None = param(None, "how matches align to tokens: strict or expand (default strict)")
     priority: str | None = param(None, "which entities are kept past entity_num: longest or position (default longest)")
     use_jieba_filter: bool | None = param(None, "drop matches that cut through jieba words (default false)")
+    knowledge_fusion: Literal["input", "output"] | None = param(
+        None, "where entities are fused: input (per token) or output (EasyNLP's release) (default: the model's)")
 
     def __post_init__(self) -> None:
         if self.entity_num is not None and self.entity_num < 0:

@@ -142,14 +142,20 @@ class ArtistPipeline:
                 raise ValueError(f"{path}: {exc}") from exc
         return cls(model, tokenizer, entities, lattice_config, sampling)
 
-    def save_pretrained(self, directory: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
+    def save_pretrained(
+        self, directory: str | os.PathLike, *, original_layout: bool = False, dtype: torch.dtype | None = None
+    ) -> Path:
         """Model weights and config, ``vocab.txt``, the entity store when there is one, and
         ``generation_config.json`` when the sampling defaults are not the plain ones.
-        ``dtype=torch.float16`` halves the weights file (they are upcast again on loading)."""
-        out = self.model.save_pretrained(directory, dtype=dtype)
+        ``dtype=torch.float16`` halves the weights file (they are upcast again on loading).
+        ``original_layout``: the EasyNLP release's files (``pytorch_model.bin``, flat ``config.json``,
+        ``vocab.txt``, and ``entity2id.txt`` + ``entity2vec.pt`` for the entity store)."""
+        out = self.model.save_pretrained(directory, original_layout=original_layout, dtype=dtype)
         vocab = "".join(t + "\n" for t, _ in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
         write_text_atomic(out / VOCAB_FILE, vocab)
-        if self.entities is not None:
+        if self.entities is not None and original_layout:
+            self.entities.save_easynlp(out)
+        elif self.entities is not None:
             self.entities.save(out)
         if self.lattice is not None:
             write_text_atomic(out / LATTICE_CONFIG_FILE, json.dumps(asdict(self.lattice.config), indent=2) + "\n")
@@ -178,12 +184,18 @@ class ArtistPipeline:
                 raise ValueError(f"{len(prompt_lattices)} prompt_lattices for {len(prompts)} prompts")
             ids = encode_texts(self.tokenizer, prompts, text_len).input_ids
             cfg = self.lattice.config
-            return ids, knowledge_from_lattices(prompt_lattices, self.entities, text_len=text_len,
-                                                entity_num=cfg.entity_num)
+            return ids, self._for_fusion(knowledge_from_lattices(prompt_lattices, self.entities, text_len=text_len,
+                                                                 entity_num=cfg.entity_num))
         if self.lattice is not None:
             enc, knowledge, _ = self.lattice.build(prompts)
-            return enc.input_ids, knowledge
+            return enc.input_ids, self._for_fusion(knowledge)
         return encode_texts(self.tokenizer, prompts, text_len).input_ids, None
+
+    def _for_fusion(self, knowledge: KnowledgeInputs) -> KnowledgeInputs:
+        """The release's fusion ("output") sees ``entity_num`` slots and row 0 of the table ("nothing")."""
+        if self.model.config.gpt.knowledge_fusion != "output":
+            return knowledge
+        return knowledge.with_nothing(self.entities.vectors[0], self.lattice.config.entity_num)
 
     @torch.no_grad()
     def __call__(

@@ -2,12 +2,17 @@
 
 This is the only knowledge type the stage-2 model sees. Padding slots are marked by ``mask`` —
 never by a reserved entity id — so entity id 0 is an ordinary entity.
+
+The release's fusion (``GPTConfig.knowledge_fusion="output"``) also needs what EasyNLP's id matrix
+held besides the entities: a fixed number of slots (``entity_num``, empty ones included) and the
+vector of row 0 of ``entity2vec.pt`` ("nothing"), which filled every cell no entity covers. Both are
+added by :meth:`KnowledgeInputs.with_nothing`: padding slots count as all-"nothing" slots there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -18,9 +23,14 @@ class KnowledgeInputs:
     starts: torch.Tensor  # (B, E) long: first text token the entity covers
     ends: torch.Tensor  # (B, E) long: one past the last covered token (half-open span)
     mask: torch.Tensor  # (B, E) bool: True for a real entity, False for padding
+    # (B, D) float or None: the vector of row 0 of the release's table, the filler of uncovered cells
+    # (only the "output" fusion reads it; with it, every one of the E slots takes part there)
+    nothing: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         b, e = self.mask.shape
+        if self.nothing is not None and self.nothing.shape != (b, self.vectors.shape[-1]):
+            raise ValueError(f"nothing must be (B, D) = ({b}, {self.vectors.shape[-1]}), got {tuple(self.nothing.shape)}")
         if self.vectors.dim() != 3 or self.vectors.shape[:2] != (b, e):
             raise ValueError(f"vectors must be (B, E, D) = ({b}, {e}, D), got {tuple(self.vectors.shape)}")
         if self.starts.shape != (b, e) or self.ends.shape != (b, e):
@@ -43,12 +53,43 @@ class KnowledgeInputs:
             self.starts.to(device),
             self.ends.to(device),
             self.mask.to(device),
+            None if self.nothing is None else self.nothing.to(device=device, dtype=dtype),
         )
 
     def index_select(self, index: torch.Tensor) -> KnowledgeInputs:
         """Rows picked (or repeated) by ``index``, e.g. to repeat each prompt per sample."""
         return KnowledgeInputs(
-            self.vectors[index], self.starts[index], self.ends[index], self.mask[index]
+            self.vectors[index], self.starts[index], self.ends[index], self.mask[index],
+            None if self.nothing is None else self.nothing[index],
+        )
+
+    def cat(self, other: KnowledgeInputs) -> KnowledgeInputs:
+        """These rows, then ``other``'s (same E and D)."""
+        if (self.nothing is None) != (other.nothing is None):
+            raise ValueError("cannot join knowledge with and without the 'nothing' vector")
+        parts = zip(
+            (self.vectors, self.starts, self.ends, self.mask, self.nothing),
+            (other.vectors, other.starts, other.ends, other.mask, other.nothing),
+        )
+        return KnowledgeInputs(*(None if a is None else torch.cat([a, b]) for a, b in parts))
+
+    def with_mask(self, mask: torch.Tensor) -> KnowledgeInputs:
+        """The same slots with another mask (e.g. all False: no entities)."""
+        return replace(self, mask=mask)
+
+    def with_nothing(self, nothing: torch.Tensor, slots: int) -> KnowledgeInputs:
+        """The release's input: at least ``slots`` slots (padding ones empty) and the "nothing" vector
+        (D,) of row 0 of its table, for every row."""
+        b, e = self.mask.shape
+        pad = max(slots - e, 0)
+        nothing = nothing.to(self.vectors).expand(b, self.dim).clone()
+        if not pad:
+            return replace(self, nothing=nothing)
+        z = self.starts.new_zeros(b, pad)
+        return KnowledgeInputs(
+            torch.cat([self.vectors, self.vectors.new_zeros(b, pad, self.dim)], 1),
+            torch.cat([self.starts, z], 1), torch.cat([self.ends, z], 1),
+            torch.cat([self.mask, z.bool()], 1), nothing,
         )
 
     @staticmethod

@@ -6,10 +6,20 @@ one embedding table holds image codes (ids ``0 .. img_vocab_size-1``) and text t
 covers the image codes only.
 
 Knowledge (the paper's contribution) is an optional part of the same class: with ``entity_dim``
-set, ``ent_emb`` projects entity vectors to the model width and every text token embedding gets
-the softmax-weighted average of the entities whose span covers it, weighted by the inner product
-with the token embedding. This happens *before* the transformer, so every image position attends
-to the fused text — at training and at each cached decoding step.
+set, ``ent_emb`` projects entity vectors to the model width. Where its output is added is
+``knowledge_fusion``:
+
+* ``"input"`` (models made here): every text token embedding gets the softmax-weighted average of
+  the entities whose span covers it, weighted by the inner product with the token embedding. This
+  happens *before* the transformer, so every image position attends to the fused text — at
+  training and at each cached decoding step.
+* ``"output"`` (what the EasyNLP knowledge release computes, and what its ``ent_emb`` was trained
+  for): after the last block, before ``ln_f``, the text positions' hidden states ``X`` (Tt, C) get
+  ``sum_i w_i E_i`` over the slots, where ``E_i`` (Tt, C) is ``ent_emb`` of entity i where it
+  covers a token and ``ent_emb`` of the "nothing" vector elsewhere, and ``w = softmax_i <X, E_i>``
+  (inner product over all Tt × C numbers). Only the text positions change, so only the logits of
+  the first image token differ from the plain model; keys and values are not affected, so with a
+  cache it is applied once, at the prefill.
 
 There is one forward path. Without a cache it scores whole sequences (training, teacher forcing,
 the full-recompute sampler); with one (``decoding.new_cache``) it runs only the new positions and
@@ -29,6 +39,8 @@ import torch.nn.functional as F
 
 from easynlp_artist.knowledge.batch import KnowledgeInputs
 
+KNOWLEDGE_FUSIONS = ("input", "output")
+
 
 @dataclass
 class GPTConfig:
@@ -43,6 +55,7 @@ class GPTConfig:
     resid_pdrop: float = 0.0
     attn_pdrop: float = 0.0
     entity_dim: int | None = None  # width of entity vectors; None = no knowledge fusion
+    knowledge_fusion: str = "input"  # "input" (per token, before the blocks) or "output" (the release's)
     caption_dropout: float = 0.0  # training only: drop text + entities so guidance has p(image)
 
     def __post_init__(self) -> None:
@@ -53,6 +66,8 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.entity_dim is not None and self.entity_dim <= 0:
             raise ValueError(f"GPTConfig.entity_dim must be positive or None, got {self.entity_dim}")
+        if self.knowledge_fusion not in KNOWLEDGE_FUSIONS:
+            raise ValueError(f"GPTConfig.knowledge_fusion must be one of {KNOWLEDGE_FUSIONS}, got {self.knowledge_fusion!r}")
         for name in ("embd_pdrop", "resid_pdrop", "attn_pdrop", "caption_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -172,6 +187,19 @@ def fuse_knowledge(tok: torch.Tensor, ent: torch.Tensor, knowledge: KnowledgeInp
     return tok + torch.einsum("bte,bec->btc", weights, ent)
 
 
+def fuse_knowledge_output(h: torch.Tensor, ent: torch.Tensor, nothing: torch.Tensor, knowledge: KnowledgeInputs) -> torch.Tensor:
+    """The release's fusion of the text positions' last hidden states over the entity slots.
+
+    h: (B, Tt, C); ent: (B, E, C) projected entity vectors; nothing: (B, C) the projected "nothing"
+    vector, which fills every cell of a slot its entity does not cover (all cells of an empty slot).
+    """
+    cover = knowledge.coverage(h.shape[1]).transpose(1, 2).unsqueeze(-1)  # (B, E, Tt, 1)
+    cells = torch.where(cover, ent.unsqueeze(2), nothing[:, None, None, :])  # (B, E, Tt, C)
+    scores = torch.einsum("btc,betc->be", h, cells)
+    scores = scores.masked_fill(scores == 0, -1e30)
+    return h + torch.einsum("be,betc->btc", scores.softmax(dim=-1), cells)
+
+
 class ArtistGPT(nn.Module):
     """p(image tokens | text [, entities]).
 
@@ -224,18 +252,43 @@ class ArtistGPT(nn.Module):
         if text_ids.shape[1] != self.config.text_len:
             raise ValueError(f"text_ids must have text_len={self.config.text_len} columns, got {text_ids.shape[1]}")
         tok = self.tok_emb(text_ids + self.config.img_vocab_size)
-        if knowledge is None or knowledge.mask.shape[1] == 0:
+        if self.config.knowledge_fusion != "input" or not self._has_entities(knowledge):
             return tok
+        return fuse_knowledge(tok, self.ent_emb(knowledge.vectors.to(tok.dtype)), knowledge)
+
+    def _has_entities(self, knowledge: KnowledgeInputs | None) -> bool:
+        """Whether ``knowledge`` has slots to fuse (checked against this model)."""
+        if knowledge is None or knowledge.mask.shape[1] == 0:
+            return False
         if self.ent_emb is None:
             raise ValueError("entities were given but this model has no knowledge part (entity_dim=None)")
         if knowledge.dim != self.config.entity_dim:
             raise ValueError(f"entity vectors have width {knowledge.dim}, model expects entity_dim={self.config.entity_dim}")
-        ent = self.ent_emb(knowledge.vectors.to(tok.dtype))  # (B, E, C)
-        return fuse_knowledge(tok, ent, knowledge)
+        return True
 
-    def _run(self, x: torch.Tensor, cache: DecodingCache | None = None) -> torch.Tensor:
+    def _fuse_output(self, h: torch.Tensor, knowledge: KnowledgeInputs | None, start: int) -> torch.Tensor:
+        """The "output" fusion of the text positions among the positions ``start ..`` of ``h`` (B, T, C)."""
+        Tt = self.config.text_len
+        if self.config.knowledge_fusion != "output" or start >= Tt or not self._has_entities(knowledge):
+            return h
+        if start:
+            raise ValueError("the output fusion needs all text positions in one pass (start at position 0)")
+        if knowledge.nothing is None:
+            raise ValueError(
+                "knowledge_fusion='output' needs the 'nothing' vector (row 0 of entity2vec.pt): "
+                "KnowledgeInputs.with_nothing"
+            )
+        ent = self.ent_emb(knowledge.vectors.to(h.dtype))  # (B, E, C)
+        nothing = self.ent_emb(knowledge.nothing.to(h.dtype))  # (B, C)
+        text = fuse_knowledge_output(h[:, :Tt], ent, nothing, knowledge)
+        return torch.cat([text, h[:, Tt:]], dim=1)
+
+    def _run(
+        self, x: torch.Tensor, cache: DecodingCache | None = None, knowledge: KnowledgeInputs | None = None
+    ) -> torch.Tensor:
         """Embeddings (B, T, C) of the positions after the cached ones (``cache.length``, or 0 without
-        a cache) → final hidden states (B, T, C); the cache then holds these positions too."""
+        a cache) → final hidden states (B, T, C); the cache then holds these positions too.
+        ``knowledge`` is read here by the "output" fusion only."""
         T = x.shape[1]
         start = 0 if cache is None else cache.length
         if start + T > self.config.block_size:
@@ -245,7 +298,7 @@ class ArtistGPT(nn.Module):
             x = block(x, cache, i)
         if cache is not None:
             cache.length += T
-        return self.ln_f(x)
+        return self.ln_f(self._fuse_output(x, knowledge, start))
 
     # ---- training / scoring ----------------------------------------------------------------------
 
@@ -258,9 +311,7 @@ class ArtistGPT(nn.Module):
         drop = torch.rand(text_ids.shape[0], device=text_ids.device) < p  # (B,)
         text_ids = text_ids.masked_fill(drop[:, None], self.pad_text_id)
         if knowledge is not None:
-            knowledge = KnowledgeInputs(
-                knowledge.vectors, knowledge.starts, knowledge.ends, knowledge.mask & ~drop[:, None]
-            )
+            knowledge = knowledge.with_mask(knowledge.mask & ~drop[:, None])
         return text_ids, knowledge
 
     def image_logits(
@@ -274,7 +325,7 @@ class ArtistGPT(nn.Module):
         text_ids, knowledge = self._drop_captions(text_ids, knowledge)
         Tt = self.config.text_len
         x = torch.cat([self.embed_text(text_ids, knowledge), self.tok_emb(image_ids[:, :-1])], dim=1)
-        h = self._run(x)
+        h = self._run(x, knowledge=knowledge)
         return self.head(h[:, Tt - 1 :])
 
     def forward(
@@ -299,7 +350,7 @@ class ArtistGPT(nn.Module):
         x = self.embed_text(text_ids, knowledge)  # (B, Tt, C)
         if image_prefix is not None and image_prefix.shape[1]:
             x = torch.cat([x, self.tok_emb(image_prefix)], dim=1)  # (B, Tt + k, C)
-        h = self._run(x, cache)
+        h = self._run(x, cache, knowledge)
         return _linear_of(cache)(self.head, h[:, -1])
 
     def step(self, image_ids: torch.Tensor, cache: DecodingCache) -> torch.Tensor:

@@ -70,10 +70,6 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tenso
     return uncond + scale * (cond - uncond)
 
 
-def _without_entities(knowledge: KnowledgeInputs) -> KnowledgeInputs:
-    return KnowledgeInputs(knowledge.vectors, knowledge.starts, knowledge.ends, torch.zeros_like(knowledge.mask))
-
-
 def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One code per row of probs (n, V) → (n, 1): the first code whose cumulative mass exceeds a
     uniform draw. One random number per row; ``torch.multinomial`` draws V exponentials per row
@@ -150,12 +146,7 @@ def sample_image_tokens(
         # second half: the unconditional model p(image) — empty caption, no entities
         text = torch.cat([text, torch.full_like(text, gpt.pad_text_id)])
         if know is not None:
-            know = KnowledgeInputs(
-                torch.cat([know.vectors, know.vectors]),
-                torch.cat([know.starts, know.starts]),
-                torch.cat([know.ends, know.ends]),
-                torch.cat([know.mask, _without_entities(know).mask]),
-            )
+            know = know.cat(know.with_mask(torch.zeros_like(know.mask)))
         if prefix is not None:
             prefix = torch.cat([prefix, prefix])
 
