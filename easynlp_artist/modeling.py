@@ -8,13 +8,16 @@ Two layouts are read:
   ``torch.load(weights_only=True)``.
 
 Either way every key must fit: missing, unexpected or mis-shaped tensors raise ``ValueError``
-listing them (the original loaded with ``strict=False`` and silently kept random weights).
+listing them (the original loaded with ``strict=False`` and silently kept random weights). The one
+exception is the release's training-only key families (``TRAINING_ONLY_KEYS``: the VQGAN's
+discriminator/perceptual loss module), skipped with one info line per family.
 Both directories may also hold ``vocab.txt`` and an entity store, which travel with the model.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -39,6 +42,12 @@ WEIGHTS_FILE = "model.safetensors"
 ORIGINAL_WEIGHTS_FILE = "pytorch_model.bin"
 VQGAN_PREFIX = "first_stage_model."
 GPT_PREFIX = "transformer."
+# key prefixes of the taming/EasyNLP training code that a real release file carries and no model uses
+TRAINING_ONLY_KEYS = {
+    VQGAN_PREFIX + "loss.": "the VQGAN's training loss (discriminator, perceptual loss, logvar)",
+}
+
+logger = logging.getLogger(__name__)
 
 
 def write_atomic(path: Path, write) -> None:
@@ -163,7 +172,13 @@ class ArtistModel(nn.Module):
         self.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
 
     def load_original_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """``first_stage_model.*`` (taming) + ``transformer.*`` (minGPT) → this model, strictly."""
+        """``first_stage_model.*`` (taming) + ``transformer.*`` (minGPT) → this model, strictly
+        (training-only families, ``TRAINING_ONLY_KEYS``, are skipped with one info line each)."""
+        for prefix, what in TRAINING_ONLY_KEYS.items():
+            skipped = [k for k in state if k.startswith(prefix)]
+            if skipped:
+                logger.info("%s: skipping %d training-only keys %s* (%s)", source, len(skipped), prefix, what)
+                state = {k: v for k, v in state.items() if not k.startswith(prefix)}
         vq = {k[len(VQGAN_PREFIX) :]: v for k, v in state.items() if k.startswith(VQGAN_PREFIX)}
         gpt = {k[len(GPT_PREFIX) :]: v for k, v in state.items() if k.startswith(GPT_PREFIX)}
         other = sorted(k for k in state if not k.startswith((VQGAN_PREFIX, GPT_PREFIX)))

@@ -104,6 +104,7 @@ class EntityStore:
         vectors: torch.Tensor,
         *,
         source: str | None = None,
+        vectors_only: bool = False,
         _checked: bool = False,
     ) -> None:
         if not _checked:
@@ -116,7 +117,9 @@ class EntityStore:
         self.source = source
         self._id_of: dict[str, int] | None = None
         self._name_of: dict[int, str] | None = None
-        if not self.names:
+        # vectors without names (an entity2vec.pt alone): every row is an id, for preprocessed tables
+        self.vectors_only = vectors_only and not self.names
+        if not self.names and not vectors_only:
             warnings.warn(f"{source or 'entity store'}: no entity names; knowledge will do nothing", stacklevel=2)
 
     def __len__(self) -> int:
@@ -153,7 +156,10 @@ class EntityStore:
         return self._names_by_id()[entity_id]
 
     def has_id(self, entity_id: int) -> bool:
-        """Whether a name of the store has this id (a vector row alone does not count)."""
+        """Whether a name of the store has this id (a vector row alone does not count, except in a
+        store of vectors only, where every row is an id)."""
+        if self.vectors_only:
+            return 0 <= entity_id < self.num_vectors
         return entity_id in self._names_by_id()
 
     def vectors_for(self, ids: Sequence[int]) -> torch.Tensor:
@@ -170,13 +176,14 @@ class EntityStore:
     def from_easynlp(cls, entity2id_path: str | os.PathLike, entity2vec_path: str | os.PathLike) -> EntityStore:
         """Read ``entity2id.txt`` (header line, then ``name<TAB>id``) and ``entity2vec.pt`` (tensor (N, D))."""
         entity2id_path, entity2vec_path = os.fspath(entity2id_path), os.fspath(entity2vec_path)
-        try:
-            raw = torch.load(entity2vec_path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # torch raises several unrelated types for a corrupt file
-            raise EntityFileError(f"cannot read a tensor: {e}", entity2vec_path) from e
-        return cls._with_entity2id(entity2id_path, read_entity2id(entity2id_path), _check_vectors(raw, entity2vec_path))
+        return cls._with_entity2id(entity2id_path, read_entity2id(entity2id_path), _read_entity2vec(entity2vec_path))
+
+    @classmethod
+    def from_entity2vec(cls, entity2vec_path: str | os.PathLike) -> EntityStore:
+        """``entity2vec.pt`` alone: vectors without names, enough for preprocessed tables (whose
+        ``lex_id`` are rows of the table) but nothing is matched in raw text."""
+        entity2vec_path = os.fspath(entity2vec_path)
+        return cls([], [], _read_entity2vec(entity2vec_path), source=entity2vec_path, vectors_only=True, _checked=True)
 
     @classmethod
     def _with_entity2id(cls, path: str, entries: Entity2Id, vectors: torch.Tensor) -> EntityStore:
@@ -258,11 +265,18 @@ class EntityStore:
         """Open either format.
 
         ``path`` is our directory, a directory holding ``entity2id.txt`` + ``entity2vec.pt``, or the
-        ``entity2vec.pt`` file itself with ``entity_map`` naming its ``entity2id.txt``.
+        ``entity2vec.pt`` file itself: with ``entity_map`` naming its ``entity2id.txt``, else with the
+        ``entity2id.txt`` beside it, else alone (vectors only: enough for preprocessed tables).
         """
         path = os.fspath(path)
         if entity_map is not None:
             return cls.from_easynlp(entity_map, path)
+        if os.path.isfile(path):
+            beside = os.path.join(os.path.dirname(path), ENTITY2ID_FILE)
+            if os.path.isfile(beside):
+                return cls.from_easynlp(beside, path)
+            logger.info("%s: no %s beside it; its vectors serve preprocessed tables only", path, ENTITY2ID_FILE)
+            return cls.from_entity2vec(path)
         if os.path.isfile(os.path.join(path, SAFETENSORS_FILE)):
             return cls.from_dir(path)
         if os.path.isfile(os.path.join(path, ENTITY2ID_FILE)):
@@ -270,6 +284,16 @@ class EntityStore:
         raise FileNotFoundError(
             f"{path}: no {SAFETENSORS_FILE} or {ENTITY2ID_FILE} there (pass entity_map= for an entity2vec.pt file)"
         )
+
+
+def _read_entity2vec(path: str) -> torch.Tensor:
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch raises several unrelated types for a corrupt file
+        raise EntityFileError(f"cannot read a tensor: {e}", path) from e
+    return _check_vectors(raw, path)
 
 
 def _decode(raw: bytes, path: str, lineno: int) -> str:
