@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from easynlp_artist.knowledge.batch import KnowledgeInputs
-from easynlp_artist.knowledge.entities import ENTITY2ID_FILE, SAFETENSORS_FILE, EntityStore
+from easynlp_artist.knowledge.entities import ENTITY2ID_FILE, ENTITY2VEC_FILE, SAFETENSORS_FILE, EntityStore
 from easynlp_artist.knowledge.lattice import Lattice, LatticeBuilder, LatticeConfig, knowledge_from_lattices
 from easynlp_artist.modeling import CONFIG_FILE, ArtistModel
 from easynlp_artist.models.stage1.vqgan import images_to_uint8
@@ -70,7 +70,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
 
 
 def has_entity_store(directory: Path) -> bool:
-    return (directory / SAFETENSORS_FILE).is_file() or (directory / ENTITY2ID_FILE).is_file()
+    return any((directory / name).is_file() for name in (SAFETENSORS_FILE, ENTITY2ID_FILE, ENTITY2VEC_FILE))
 
 
 class ArtistPipeline:

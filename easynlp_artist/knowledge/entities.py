@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .._io import atomic_path
@@ -41,6 +42,7 @@ ENTITY2ID_FILE = "entity2id.txt"
 ENTITY2VEC_FILE = "entity2vec.pt"
 SAFETENSORS_FILE = "entities.safetensors"
 NAMES_FILE = "entity_names.txt"
+VECTORS_ONLY = "vectors_only"  # safetensors metadata key of a store without names (entity2vec.pt alone)
 _FORBIDDEN_IN_NAMES = ("\t", "\n", "\r")
 _REPEATS_SHOWN = 5  # line numbers of repeated names named in the warning
 
@@ -200,11 +202,16 @@ class EntityStore:
         entries = read_entity2id(entity2id_path)
         return cls._with_entity2id(entity2id_path, entries, torch.zeros(max(entries.ids, default=-1) + 1, 0))
 
-    def save_easynlp(self, out_dir: str | os.PathLike) -> tuple[str, str]:
-        """Write ``entity2id.txt`` (header: the number of names) and ``entity2vec.pt``; returns both paths."""
+    def save_easynlp(self, out_dir: str | os.PathLike) -> tuple[str | None, str]:
+        """Write ``entity2id.txt`` (header: the number of names) and ``entity2vec.pt``; returns both paths.
+        A store of vectors only writes ``entity2vec.pt`` alone (and returns None for the other)."""
         os.makedirs(out_dir, exist_ok=True)
         id_path = os.path.join(out_dir, ENTITY2ID_FILE)
         vec_path = os.path.join(out_dir, ENTITY2VEC_FILE)
+        if self.vectors_only:
+            with atomic_path(vec_path) as tmp:
+                torch.save(self.vectors.clone(), tmp)
+            return None, vec_path
         with atomic_path(id_path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
             f.write(f"{len(self)}\n")
             for name, i in self.items():
@@ -249,13 +256,16 @@ class EntityStore:
             return names_path, k + 1, None
 
         _check_names(names, ids, vectors.shape[0], name_at, id_at)
-        return cls(names, ids, vectors, source=path, _checked=True)
+        with safe_open(st_path, "pt") as f:
+            vectors_only = (f.metadata() or {}).get(VECTORS_ONLY) == "1"
+        return cls(names, ids, vectors, source=path, vectors_only=vectors_only, _checked=True)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write our format into directory ``path`` (created if needed)."""
         os.makedirs(path, exist_ok=True)
+        metadata = {VECTORS_ONLY: "1"} if self.vectors_only else None
         with atomic_path(os.path.join(path, SAFETENSORS_FILE)) as tmp:
-            save_file({"vectors": self.vectors, "ids": torch.tensor(self.ids, dtype=torch.long)}, tmp)
+            save_file({"vectors": self.vectors, "ids": torch.tensor(self.ids, dtype=torch.long)}, tmp, metadata=metadata)
         with atomic_path(os.path.join(path, NAMES_FILE)) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
             for name in self.names:
                 f.write(name + "\n")
@@ -281,6 +291,8 @@ class EntityStore:
             return cls.from_dir(path)
         if os.path.isfile(os.path.join(path, ENTITY2ID_FILE)):
             return cls.from_easynlp(os.path.join(path, ENTITY2ID_FILE), os.path.join(path, ENTITY2VEC_FILE))
+        if os.path.isfile(os.path.join(path, ENTITY2VEC_FILE)):
+            return cls.load(os.path.join(path, ENTITY2VEC_FILE))
         raise FileNotFoundError(
             f"{path}: no {SAFETENSORS_FILE} or {ENTITY2ID_FILE} there (pass entity_map= for an entity2vec.pt file)"
         )

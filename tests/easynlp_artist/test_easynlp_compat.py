@@ -167,6 +167,12 @@ def test_entity2vec_alone_or_with_entity2id_beside_it(tmp_path):
     alone = EntityStore.load(alone_dir / "entity2vec.pt")
     assert len(alone) == 0 and alone.vectors_only and torch.equal(alone.vectors, beside.vectors)
     assert alone.has_id(0) and alone.has_id(len(NAMES)) and not alone.has_id(len(NAMES) + 1)
+    # it stays a store of vectors only when saved in either format (fine-tuning with it, say)
+    alone.save(tmp_path / "ours")
+    alone.save_easynlp(tmp_path / "orig")
+    assert not (tmp_path / "orig" / "entity2id.txt").exists()
+    for again in (EntityStore.load(tmp_path / "ours"), EntityStore.load(tmp_path / "orig")):
+        assert again.vectors_only and torch.equal(again.vectors, alone.vectors)
 
 
 def test_training_only_keys_of_a_real_release_are_skipped_with_one_line(tmp_path, caplog):
