@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 
 from appzoo.errors import RunError
-from appzoo.tables import AtomicWriter, Row, check_cell, is_remote, local_path
+from appzoo.tables import AtomicWriter, Row, check_cell
+from modelzoo.storage import is_remote, local_path
 
 logger = logging.getLogger("appzoo.distributed")
 

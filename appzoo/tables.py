@@ -18,12 +18,9 @@ import contextlib
 import difflib
 import io
 import os
-import secrets
 import shutil
 import tempfile
 import threading
-import urllib.parse
-import urllib.request
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +29,9 @@ from typing import IO, Any
 
 import numpy as np
 from PIL import Image
+
+from modelzoo.files import publish_file, remove_stale, temp_sibling
+from modelzoo.storage import is_remote, local_path
 
 DEFAULT_MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
@@ -53,19 +53,6 @@ class TableError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- paths
-
-
-def is_remote(path: str | os.PathLike) -> bool:
-    text = str(path)
-    return "://" in text and not text.startswith("file://")
-
-
-def local_path(path: str | os.PathLike) -> Path:
-    """The filesystem path of a local path or ``file://`` URI."""
-    text = str(path)
-    if text.startswith("file://"):
-        return Path(urllib.request.url2pathname(urllib.parse.urlparse(text).path))
-    return Path(text)
 
 
 def open_binary(path: str | os.PathLike, mode: str = "rb") -> IO[bytes]:
@@ -416,7 +403,8 @@ class AtomicWriter:
         else:
             target = local_path(self.path)
             target.parent.mkdir(parents=True, exist_ok=True)
-            name = str(target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"))
+            remove_stale(target)
+            name = str(temp_sibling(target))
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self._temp = Path(name)
         self._file = os.fdopen(fd, "w", encoding=self.encoding, newline="\n")
@@ -451,4 +439,4 @@ class AtomicWriter:
             with open(self._temp, "rb") as src, open_binary(self.path, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
             return
-        os.replace(self._temp, local_path(self.path))
+        publish_file(self._temp, local_path(self.path))

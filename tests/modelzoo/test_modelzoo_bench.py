@@ -1,4 +1,4 @@
-"""Smoke test of bench/modelzoo.py at a tiny size: it runs end to end and prints every result line.
+"""Smoke test of bench/downloads.py at a tiny size: it runs end to end and prints every result line.
 
 No timing is asserted: the figures only mean something at the script's real size.
 """
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_modelzoo_benchmark_prints_its_results(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "modelzoo.py"), "--size-mib", "2", "--repeats", "1",
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "downloads.py"), "--size-mib", "2", "--repeats", "1",
                            "--link-mib", "50", "--latency-calls", "5", "--workdir", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,7 +9,7 @@
 2. Latency of resolving an already cached name: in a warm process (median and p95 over many calls)
    and the first call in a fresh process (after ``import modelzoo``). Goal ≤ 20 ms.
 
-Usage: ``python bench/modelzoo.py [--size-mib 128] [--repeats 3] [--workdir DIR]``
+Usage: ``python bench/downloads.py [--size-mib 128] [--repeats 3] [--workdir DIR]``
 """
 
 from __future__ import annotations
