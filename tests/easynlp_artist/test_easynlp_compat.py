@@ -238,3 +238,20 @@ def test_the_easynlp_command_predicts_the_release_like_the_reference(tmp_path):
     # knowledge_fusion=input is the override: other images
     got = _predict(tmp_path, ckpt, raw, f"entity_emb_path={kg / 'entity2vec.pt'} knowledge_fusion=input")
     assert not all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize("given, expected", [(None, "output"), ("input", "input")])
+def test_fine_tuning_the_release_keeps_its_mode_unless_asked(tmp_path, given, expected):
+    from appzoo.args import CommonArgs
+    from appzoo.params import parse_user_defined_parameters
+    from easynlp_artist.loading import load_pipeline
+    from easynlp_artist.params import ArtistParams
+
+    ckpt, kg, *_ = _release(tmp_path)
+    udp = f"pretrain_model_name_or_path={ckpt} entity_emb_path={kg / 'entity2vec.pt'}"
+    if given:
+        udp += f" knowledge_fusion={given}"
+    pipe = load_pipeline(CommonArgs(mode="train"), parse_user_defined_parameters(udp, ArtistParams), torch.device("cpu"))
+    assert pipe.model.config.gpt.knowledge_fusion == pipe.model.gpt.config.knowledge_fusion == expected
+    pipe.save_pretrained(tmp_path / "ft")
+    assert ArtistPipeline.from_pretrained(tmp_path / "ft").model.config.gpt.knowledge_fusion == expected
