@@ -19,14 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from easynlp_artist._io import atomic_path
 from easynlp_artist.configuration import ArtistConfig
 from easynlp_artist.knowledge.batch import KnowledgeInputs
 from easynlp_artist.models.stage1.convert import load_taming_state_dict, to_taming_state_dict
@@ -35,7 +33,7 @@ from easynlp_artist.models.stage2.convert import convert_original, to_original
 from easynlp_artist.models.stage2.gpt import ArtistGPT
 from easynlp_artist.models.stage2.sampling import SamplingConfig, sample_image_tokens
 from easynlp_artist.models.state_dicts import mismatches
-from easynlp_artist.tokenization import VOCAB_FILE
+from modelzoo.files import atomic_path, write_text_atomic
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -48,12 +46,6 @@ TRAINING_ONLY_KEYS = {
 }
 
 logger = logging.getLogger(__name__)
-
-
-def write_atomic(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file over ``path``."""
-    with atomic_path(path) as tmp:
-        write(tmp)
 
 
 class ArtistModel(nn.Module):
@@ -111,16 +103,18 @@ class ArtistModel(nn.Module):
             gpt_sd = {k: v.detach().cpu() for k, v in self.gpt.state_dict().items()}
             state.update({GPT_PREFIX + k: v for k, v in to_original(gpt_sd, self.config.gpt).items()})
             config = self.config.to_original()
-            write_atomic(out / ORIGINAL_WEIGHTS_FILE, lambda p: torch.save(state, p))
+            with atomic_path(out / ORIGINAL_WEIGHTS_FILE) as tmp:
+                torch.save(state, tmp)
         else:
             state = {
                 k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
                 for k, v in self.state_dict().items()
             }
             config = self.config.to_dict()
-            write_atomic(out / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"}))
+            with atomic_path(out / WEIGHTS_FILE) as tmp:
+                save_file(state, tmp, metadata={"format": "pt"})
         text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
-        write_atomic(out / CONFIG_FILE, lambda p: Path(p).write_text(text, encoding="utf-8"))
+        write_text_atomic(out / CONFIG_FILE, text)
         return out
 
     @classmethod
@@ -189,10 +183,3 @@ class ArtistModel(nn.Module):
             self.gpt.load_state_dict(convert_original(gpt, self.config.gpt))
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from e
-
-
-def copy_vocab(src_dir: str | os.PathLike, dst_dir: str | os.PathLike) -> None:
-    """Carry ``vocab.txt`` along when a checkpoint is re-saved elsewhere."""
-    src, dst = Path(src_dir) / VOCAB_FILE, Path(dst_dir) / VOCAB_FILE
-    if src.is_file() and src.resolve() != dst.resolve():
-        write_atomic(dst, lambda p: shutil.copyfile(src, p))

@@ -35,7 +35,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .._io import atomic_path
+from modelzoo.files import atomic_path
+
 from .errors import EntityFileError
 
 ENTITY2ID_FILE = "entity2id.txt"
