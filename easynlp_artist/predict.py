@@ -18,7 +18,8 @@ import torch.distributed as dist
 
 from appzoo.distributed import get_rank, is_distributed, is_main_process, run_sharded_predict
 from appzoo.tables import Row, Schema, encode_image_base64
-from easynlp_artist.data import read_rows, row_lattices
+from easynlp_artist.data import knowledge_columns, read_rows, row_lattice, row_lattices
+from easynlp_artist.knowledge.lattice import describe_entities
 from easynlp_artist.metrics import row_generators
 from easynlp_artist.models.stage2.sampling import SamplingConfig
 from modelzoo.files import atomic_path, publish_dir, recover_dir, temp_sibling, write_text_atomic
@@ -104,10 +105,26 @@ def write_contact_sheet(image_dir: Path, entries: list[tuple[str, str, list[str]
     write_text_atomic(image_dir / "index.html", html)
 
 
+def _check_preprocessed_entities(pipe, job: PredictJob, rejects) -> None:
+    """Every lex_id of a preprocessed table must be an entity of the loaded store (checked before
+    generating); the first rows' entities are logged by name, so a table preprocessed with another
+    dictionary than the model's is visible."""
+    first = []
+    for row in read_rows(job.table, job.schema, job.skip_first_line, [] if rejects is not None else None):
+        lattice = row_lattice(row)
+        lattice.check_ids(pipe.entities)
+        if len(first) < 3:
+            first.append(lattice)
+    if first:
+        logger.info("entities of the first rows: %s", describe_entities(first, pipe.entities))
+
+
 def run_predict(pipe, job: PredictJob, sampling: SamplingConfig,
                 checked: tuple[int, list[tuple[int, str]] | None]) -> dict:
     """Generate every row of a table checked by :func:`validate_table` (its result: ``checked``)."""
     count, rejects = checked
+    if pipe.lattice is not None and knowledge_columns(job.schema):
+        _check_preprocessed_entities(pipe, job, rejects)
     logger.info("%d row(s) to generate from %s, %d image(s) each", count, redact(job.table), job.images_per_row)
     staging = _staging(job.image_dir) if job.image_dir is not None else None
     k = job.images_per_row

@@ -217,3 +217,22 @@ def test_image_folder_is_published_whole_and_sigterm_leaves_the_old_one(tmp_path
     assert {p.name: p.read_bytes() for p in images.iterdir()} == before
     assert out.read_bytes() == table_before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging, no temp table
+
+
+def test_preprocessed_ids_outside_the_store_stop_before_generating_and_names_are_logged(tmp_path, caplog, capsys):
+    ckpt = knowledge_checkpoint(tmp_path)
+    schema = "--input_schema=idx:str:1,text:str:1,lex_id:str:1,pos_s:str:1,pos_e:str:1,token_len:str:1"
+    good = tmp_path / "good.tsv"
+    good.write_text("0\t番茄\t0\t0 1 0\t0 1 1\t2\n1\t柠檬\t1\t0 1 0\t0 1 1\t2\n", encoding="utf-8")
+    args = ["--app_name=text2image_artist", "--mode=predict", f"--checkpoint_dir={ckpt}", schema,
+            "--user_defined_parameters=top_k=1"]
+    with caplog.at_level("INFO"):
+        assert easynlp([*args, f"--tables={good}", f"--outputs={tmp_path / 'o.tsv'}"]) == 0
+    assert "lex_id 0 = 番茄" in caplog.text and "lex_id 1 = 柠檬" in caplog.text
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("0\t番茄\t0\t0 1 0\t0 1 1\t2\n1\t柠檬\t99\t0 1 0\t0 1 1\t2\n", encoding="utf-8")
+    capsys.readouterr()
+    assert easynlp([*args, f"--tables={bad}", f"--outputs={tmp_path / 'b.tsv'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("easynlp: error:") and f"{bad}:2:" in err and "entity id 99" in err, err
+    assert not (tmp_path / "b.tsv").exists()
