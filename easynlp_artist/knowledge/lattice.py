@@ -428,7 +428,8 @@ def describe_entities(lattices: Lattice | Sequence[Lattice], store: EntityStore,
     """The first ``limit`` entities of the first rows, e.g. ``t.tsv:1: lex_id 10 = 交通设施 (tokens 0-3)``.
 
     One ``; ``-separated part per row (named by ``path:line`` when the lattice has them, else by its
-    position); an id the store has no name for shows as ``?``. For a log line at predict start.
+    position); an id the store has no name for (or any id of a store of vectors only) shows as
+    ``?``. For a log line at predict start.
     """
     if isinstance(lattices, Lattice):
         lattices = [lattices]
@@ -441,7 +442,7 @@ def describe_entities(lattices: Lattice | Sequence[Lattice], store: EntityStore,
         for entity_id, s, e in zip(lat.entity_ids, lat.starts, lat.ends):
             if shown >= limit:
                 break
-            name = store.name_of(entity_id) if store.has_id(entity_id) else "?"
+            name = store.name_of(entity_id) if store.has_id(entity_id) and len(store) else "?"
             items.append(f"lex_id {entity_id} = {name} (tokens {s}-{e - 1})")
             shown += 1
         if lat.path is not None:
