@@ -7,6 +7,7 @@ unconditional rows (all-[PAD] text, no entities) in one batch and mixes their lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -108,6 +109,7 @@ def sample_image_tokens(
     generator: torch.Generator | list[torch.Generator] | None = None,
     image_prefix: torch.Tensor | None = None,
     use_cache: bool = True,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Sample image codes for each prompt.
 
@@ -119,6 +121,12 @@ def sample_image_tokens(
     ``generator`` may be a list with one generator per prompt: each prompt's samples then depend
     only on its own generator, not on which other prompts share the batch (so sharded and
     batched runs reproduce each other).
+
+    ``callback(step_index, codes_so_far)`` is called after each drawn position: ``codes_so_far``
+    is the (B * num_images_per_prompt, img_len) output, of which the columns ``< step_index + 1``
+    are final (the image prefix included); the others are not yet written. It is the output tensor
+    itself, so a callback that keeps it must clone it (a streaming preview, a diffusers-style
+    ``callback_on_step_end``).
     """
     cfg = sampling or SamplingConfig()
     if num_images_per_prompt < 1:
@@ -163,6 +171,8 @@ def sample_image_tokens(
         logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
         nxt = _draw(logits.softmax(dim=-1), generator, num_images_per_prompt).to(out.device)  # (n, 1)
         out[:, i] = nxt[:, 0]
+        if callback is not None:
+            callback(i, out)
         if i == img_len - 1:
             break
         fed = torch.cat([nxt, nxt]) if guided else nxt
