@@ -180,6 +180,9 @@ class Row:
 
 def parse_line(raw: bytes, schema: Schema, *, file: str, line_no: int) -> Row:
     """One raw line (without its newline) → Row, or TableError."""
+    if b"\r" in raw:  # a lone CR inside a cell: no tsv writer can hold it, and readers split on it
+        column = raw[: raw.index(b"\r")].count(b"\t") + 1
+        raise TableError(file, line_no, column, "a carriage return inside a cell (only a CRLF line end is allowed)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -224,7 +227,7 @@ def read_table(path: str | os.PathLike, schema: Schema, skip_first_line: bool = 
                 if skip_first_line:
                     continue
             raw = _strip_newline(raw)
-            if not raw.strip():
+            if not raw:  # an empty line; any other line (even only a tab) is a row or a reject
                 continue
             try:
                 row = parse_line(raw, schema, file=name, line_no=line_no)
@@ -260,10 +263,10 @@ class TableDataset:
                 offset += len(raw)
                 if line_no == 1:
                     bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
-                    start += bom
+                    start, raw = start + bom, raw[bom:]
                     if skip_first_line:
                         continue
-                if not raw.strip():
+                if not _strip_newline(raw):  # as read_table: only empty lines are not rows
                     continue
                 self._offsets.append(start)
                 self._lines.append(line_no)

@@ -101,6 +101,9 @@ def test_read_table_types_line_numbers_crlf_bom_blank_lines(tmp_path):
         (b"3\tx\tabc\t1,2,3", 3, "score: expected float, got 'abc'"),
         (b"3\tx\t1\t1,2", 4, "ids: expected 3 comma-separated int values, got 2"),
         (b"3\t\xff\xfe\t1\t1,2,3", 2, "invalid UTF-8"),
+        (b"3\tx\ry\t1\t1,2,3", 2, "a carriage return inside a cell"),
+        (b"\t", 3, "expected 4 tab-separated columns"),
+        (b"   ", 2, "expected 4 tab-separated columns"),
     ],
 )
 def test_bad_rows_name_file_line_column(tmp_path, line, column, message):
@@ -236,3 +239,16 @@ def test_read_table_hands_bad_rows_to_on_error(tmp_path):
     rows = list(read_table(path, schema, on_error=errors.append))
     assert [r.line_no for r in rows] == [1, 3]
     assert len(errors) == 1 and errors[0].line == 2 and "expected 2 tab-separated columns" in str(errors[0])
+
+
+def test_every_non_empty_line_is_a_row_or_a_reject_in_both_readers(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_bytes(b"1\ta\t0.1\t1,2,3\n\t\n2\tb\t0.2\t1,2,3\n\n3\tc\r\t0.3\t1,2,3\r\n4\td\t0.4\t1,2,3\r\n")
+    rejects = []
+    rows = list(read_table(path, SCHEMA, on_error=rejects.append))
+    assert [r.line_no for r in rows] == [1, 3, 6]
+    assert [(e.line, e.column) for e in rejects] == [(2, 3), (5, 2)]
+    dataset = TableDataset(path, SCHEMA)
+    assert len(dataset) == 5  # lines 1, 2, 3, 5, 6: only the empty line 4 is not a row
+    with pytest.raises(TableError, match="carriage return"):
+        dataset.row(3)
