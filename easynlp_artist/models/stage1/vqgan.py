@@ -13,7 +13,7 @@ so that the codebook loss uses ``VQGANConfig.beta`` with taming's convention (se
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from diffusers import VQModel
 
 from easynlp_artist.models.derived import DerivedWeight
+from easynlp_artist.models.fields import from_dict
 
 
 @dataclass
@@ -106,11 +107,7 @@ class VQGANConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VQGANConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown VQGANConfig keys: {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+        return from_dict(cls, data, "VQGANConfig")
 
 
 def _diffusers_kwargs(config: VQGANConfig) -> dict[str, Any]:
