@@ -136,3 +136,50 @@ def test_torchrun_command_one_and_several_machines():
         torchrun_command(argv, args, environ={})
     with pytest.raises(UsageError, match="node rank 3 is outside 0..2"):
         torchrun_command(argv, args, environ={"NODE_RANK": "3"})
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_nodes(env, argv):
+    """Two `easynlp` launches as two machines (NODE_RANK 0 and 1, master on 127.0.0.1), one process each."""
+    port = _free_port()
+    launch = [sys.executable, "-m", "appzoo", "--worker_count=2", "--master_addr=127.0.0.1",
+              f"--master_port={port}", *argv]
+    nodes = [subprocess.Popen(launch, env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    results = []
+    for proc in nodes:
+        try:
+            _, err = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+        results.append((proc.returncode, err))
+    return results
+
+
+def test_two_machines_on_loopback_train_and_predict_like_one(toy_plugin, toy_env, tmp_path, write_toy_table):
+    table = write_toy_table(tmp_path / "train.tsv", 16)
+    train = ["--app_name=toy_regression", "--mode=train", "--epoch_num=1", "--learning_rate=0.02",
+             "--warmup_proportion=0.25"]
+    assert main([*train, *_common(table, tmp_path / "one", "--micro_batch_size=4")]) == 0
+    for code, err in _two_nodes(toy_env, [*train, *_common(table, tmp_path / "two", "--micro_batch_size=1",
+                                                           "--gradient_accumulation_steps=2")]):
+        assert code == 0, err[-3000:]
+    one = torch.load(tmp_path / "one" / "last" / "pytorch_model.bin", weights_only=True)
+    two = torch.load(tmp_path / "two" / "last" / "pytorch_model.bin", weights_only=True)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert torch.load(tmp_path / "two" / "last" / "trainer_state.pt", weights_only=True)["world_size"] == 2
+
+    test = write_toy_table(tmp_path / "test.tsv", 7, seed=9)
+    predict = ["--app_name=toy_regression", "--mode=predict", "--micro_batch_size=2", "--append_cols=y"]
+    assert main([*predict, *_common(test, tmp_path / "one", f"--outputs={tmp_path / 'one.tsv'}")]) == 0
+    for code, err in _two_nodes(toy_env, [*predict, *_common(test, tmp_path / "one", f"--outputs={tmp_path / 'two.tsv'}")]):
+        assert code == 0, err[-3000:]
+    assert (tmp_path / "two.tsv").read_text() == (tmp_path / "one.tsv").read_text()
