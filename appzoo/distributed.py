@@ -7,6 +7,7 @@ NCCL when CUDA is available, gloo on CPU. Outside torchrun everything works as o
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import secrets
@@ -129,7 +130,14 @@ def _part_paths(output_path: str, world: int) -> list[Path]:
         token = [secrets.token_hex(8) if get_rank() == 0 else None]
         dist.broadcast_object_list(token, src=0)
         base = Path(tempfile.gettempdir()) / f"appzoo-predict-{token[0]}"
-    return [base.with_name(f"{base.name}.part-{r:05d}-of-{world:05d}") for r in range(world)]
+    parts = [base.with_name(f"{base.name}.part-{r:05d}-of-{world:05d}") for r in range(world)]
+    if get_rank() == 0:
+        # parts of an earlier run with this number of processes are rewritten; those of a run with
+        # another number (killed before its merge) would stay forever: remove them
+        for stale in base.parent.glob(f"{glob.escape(base.name)}.part-*-of-*"):
+            if stale not in parts:
+                stale.unlink(missing_ok=True)
+    return parts
 
 
 def _predict_rows(rows: Iterable[Row], predict_batch_fn: Callable[[list[Row]], list[list[str]]],

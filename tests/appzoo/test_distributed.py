@@ -61,6 +61,9 @@ def test_two_process_sharded_predict_equals_one_process(toy_env, tmp_path, toy_c
     table = write_toy_table(tmp_path / "test.tsv", 7, seed=9)
     predict = ["--app_name=toy_regression", "--mode=predict", "--micro_batch_size=2", "--append_cols=y"]
     assert main([*predict, *_common(table, toy_checkpoint, f"--outputs={tmp_path / 'one.tsv'}")]) == 0
+    # parts left by an earlier three-process run killed before its merge
+    for r in range(3):
+        (tmp_path / f".two.tsv.part-{r:05d}-of-00003").write_text("stale\n")
     result = _torchrun(toy_env, [*predict, *_common(table, toy_checkpoint, f"--outputs={tmp_path / 'two.tsv'}")])
     assert result.returncode == 0, result.stderr[-3000:]
     one = (tmp_path / "one.tsv").read_text()
