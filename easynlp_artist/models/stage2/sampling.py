@@ -110,6 +110,8 @@ def sample_image_tokens(
     image_prefix: torch.Tensor | None = None,
     use_cache: bool = True,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    negative_text_ids: torch.Tensor | None = None,
+    negative_knowledge: KnowledgeInputs | None = None,
 ) -> torch.Tensor:
     """Sample image codes for each prompt.
 
@@ -127,6 +129,9 @@ def sample_image_tokens(
     are final (the image prefix included); the others are not yet written. It is the output tensor
     itself, so a callback that keeps it must clone it (a streaming preview, a diffusers-style
     ``callback_on_step_end``).
+
+    With guidance, the unconditional rows take ``negative_text_ids`` (B, text_len) and
+    ``negative_knowledge`` (a negative prompt, as in diffusers) instead of the empty caption.
     """
     cfg = sampling or SamplingConfig()
     if num_images_per_prompt < 1:
@@ -150,10 +155,20 @@ def sample_image_tokens(
     if isinstance(generator, (list, tuple)) and len(generator) != B:
         raise ValueError(f"got {len(generator)} generators for {B} prompts (one per prompt, or a single one)")
     guided = cfg.guidance_scale != 1.0
+    if negative_text_ids is not None and negative_text_ids.shape != text_ids.shape:
+        raise ValueError(f"negative_text_ids has shape {tuple(negative_text_ids.shape)}, text_ids {tuple(text_ids.shape)}")
     if guided:
-        # second half: the unconditional model p(image) — empty caption, no entities
-        text = torch.cat([text, torch.full_like(text, gpt.pad_text_id)])
-        if know is not None:
+        # second half: the unconditional rows — the negative prompt, else the empty caption and no entities
+        if negative_text_ids is None:
+            text = torch.cat([text, torch.full_like(text, gpt.pad_text_id)])
+        else:
+            text = torch.cat([text, negative_text_ids.to(text.device)[rows]])
+        if negative_knowledge is not None and know is not None:
+            if negative_knowledge.mask.shape != knowledge.mask.shape:
+                raise ValueError(f"negative_knowledge has {tuple(negative_knowledge.mask.shape)} entity slots, "
+                                 f"knowledge {tuple(knowledge.mask.shape)} (encode both in one batch)")
+            know = know.cat(negative_knowledge.index_select(rows))
+        elif know is not None:
             know = know.cat(know.with_mask(torch.zeros_like(know.mask)))
         if prefix is not None:
             prefix = torch.cat([prefix, prefix])
