@@ -107,6 +107,16 @@ class DecodingCache(Protocol):
     def linear(self, module: nn.Linear, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
         """``act(module(x))`` (or ``module(x)``), computed as the cache sees fit."""
 
+    # Optional, for a cache whose rows sit at different positions (continuous batching); a cache
+    # without them (``decoding.KVCache``) has every row at ``length``:
+    #   positions(T) -> (B, T) absolute positions of the T new inputs of each row, or None;
+    #   attention_mask(T) -> bool (B, 1, T, S) over the S keys ``update`` returns, or None.
+
+
+def _cache_hook(cache: DecodingCache | None, name: str, T: int) -> torch.Tensor | None:
+    hook = getattr(cache, name, None)
+    return None if hook is None else hook(T)
+
 
 def linear(module: nn.Linear, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
     """``act(module(x))``: how a Linear (and the activation after it) runs without a cache."""
@@ -137,7 +147,10 @@ class CausalSelfAttention(nn.Module):
             past = cache.length
             k, v = cache.update(layer, k, v)  # (B, H, past + T, hd)
         dropout = self.attn_pdrop if self.training else 0.0
-        if past == 0:
+        mask = _cache_hook(cache, "attention_mask", T)
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         elif T == 1:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # one new token sees all
@@ -293,7 +306,11 @@ class ArtistGPT(nn.Module):
         start = 0 if cache is None else cache.length
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} positions exceeds block_size={self.config.block_size}")
-        x = self.drop(x + self.pos_emb[:, start : start + T])
+        positions = _cache_hook(cache, "positions", T)  # (B, T) per row, or None: all rows at start
+        if positions is None:
+            x = self.drop(x + self.pos_emb[:, start : start + T])
+        else:
+            x = self.drop(x + self.pos_emb[0, positions])
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         if cache is not None:

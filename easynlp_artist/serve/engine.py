@@ -1,0 +1,498 @@
+"""The serving engine: one scheduler thread owns the model and runs every request in one batch.
+
+Continuous batching, as a server needs it: requests wait in a bounded queue; at every step
+boundary the waiting requests that fit are prefilled (their conditional and, with guidance, their
+unconditional rows together, one prefill per request) and join the running batch; every running
+row then advances one image token in one ``gpt.step``; a request whose last token is drawn leaves
+at once and its codes are decoded by the VQGAN, so the batch never waits for its slowest member.
+
+Rows keep their own positions in a :class:`RowCache` (the per-row cache the model's
+``DecodingCache`` protocol allows: it supplies positions and an attention mask), and each request
+keeps its own sampling settings and ``torch.Generator``. Sampling is ``sampling.py``'s, step for
+step: logits as float, the guidance mix, ``filter_logits`` after the temperature, softmax, and one
+uniform per row per step by the same inverse-CDF draw, all of one request's rows in one draw — so a
+request with a ``seed`` draws the same random numbers as
+``pipe(prompt, generator=torch.Generator().manual_seed(seed), num_images_per_prompt=n)``. Whether
+its codes are then bit-identical depends on the kernels giving the same logits at another batch
+size (measured in tests/easynlp_artist/serve/test_engine.py and docs/SERVE.md).
+
+The engine knows nothing of HTTP: :meth:`Engine.submit` returns a :class:`Job` whose ``listener``
+hears ``("partial", index, images)``, then ``("done", images)`` or ``("error", exception)``, from
+the scheduler thread.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from easynlp_artist.knowledge.batch import KnowledgeInputs
+from easynlp_artist.models.stage1.vqgan import images_to_uint8
+from easynlp_artist.models.stage2 import decoding
+from easynlp_artist.models.stage2.gpt import ArtistGPT
+from easynlp_artist.models.stage2.sampling import SamplingConfig, _inverse_cdf, filter_logits, guide
+
+logger = logging.getLogger(__name__)
+
+GREY = 128  # pixels of a partial image not generated yet
+
+
+class QueueFull(RuntimeError):
+    """The waiting queue holds ``max_queue`` requests."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine is draining or stopped and takes no new requests."""
+
+
+class RequestTimeout(TimeoutError):
+    """A request did not finish within its timeout."""
+
+
+class Cancelled(RuntimeError):
+    """The request was cancelled (its client went away)."""
+
+
+# ------------------------------------------------------------------------------------ the row cache
+
+
+class RowCache:
+    """Keys and values for up to ``capacity`` rows, each row at its own position.
+
+    Rows occupy slots ``0 .. rows-1`` (kept compact: :meth:`remove` moves the last rows into the
+    holes). A forward pass runs on the slots of :attr:`window`: a prefill on the slots of the rows
+    that join (all at position 0), a step on every running row. Where the window's rows are all at
+    one position the model takes its usual path (no mask); otherwise ``attention_mask`` hides each
+    row's keys past its own position. Linears are multiplied as ``decoding.new_cache`` would for
+    the same number of rows (oneDNN-packed weights where that pays off).
+    """
+
+    def __init__(self, gpt: ArtistGPT, capacity: int) -> None:
+        cfg = gpt.config
+        p = gpt.pos_emb
+        hd = cfg.n_embd // cfg.n_head
+        shape = (cfg.n_layer, capacity, cfg.n_head, cfg.block_size, hd)
+        # zeros, not empty: a row's masked keys past its own position still enter attention's product
+        # with weight 0, and 0 * NaN from uninitialised memory would be NaN
+        self.k = torch.zeros(shape, device=p.device, dtype=p.dtype)
+        self.v = torch.zeros(shape, device=p.device, dtype=p.dtype)
+        self.capacity = capacity
+        self.block_size = cfg.block_size
+        self.lengths = [0] * capacity  # positions cached, per slot
+        self.window = (0, 0)
+        self._mask: tuple[tuple, torch.Tensor | None] | None = None
+        linears = list(decoding.decoding_linears(gpt))
+        packs = all(decoding.ONEDNN.pays_off(m.weight, 2) for m in linears)
+        # caches used only for their ``linear``: plain, and with the packed weights shared with the
+        # pipeline (packed for 2 rows, as decoding packs them; the copy serves any row count)
+        self._plain = decoding.new_cache(gpt, 0, pack_weights=False)
+        self._packed = decoding.new_cache(gpt, 2, pack_weights=True) if packs else self._plain
+        self._packed.k = self._packed.v = None  # their own keys and values are never used
+
+    # -- the DecodingCache protocol --
+
+    @property
+    def length(self) -> int:
+        lo, hi = self.window
+        return min(self.lengths[lo:hi], default=0)
+
+    @length.setter
+    def length(self, value: int) -> None:
+        delta = value - self.length  # the model adds the T positions it ran to every row
+        lo, hi = self.window
+        for s in range(lo, hi):
+            self.lengths[s] += delta
+        self._mask = None
+
+    def _uniform(self) -> int | None:
+        lo, hi = self.window
+        first = self.lengths[lo]
+        return first if all(n == first for n in self.lengths[lo:hi]) else None
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = self.window
+        T = k.shape[2]
+        at = self._uniform()
+        if at is not None:
+            if at + T > self.block_size:
+                raise ValueError(f"rows reach position {at + T} > block_size={self.block_size}")
+            self.k[layer, lo:hi, :, at : at + T] = k
+            self.v[layer, lo:hi, :, at : at + T] = v
+            return self.k[layer, lo:hi, :, : at + T], self.v[layer, lo:hi, :, : at + T]
+        if T != 1:
+            raise ValueError("rows at different positions advance one token at a time")
+        pos = self.lengths[lo:hi]
+        if max(pos) >= self.block_size:
+            raise ValueError(f"a row reaches position {max(pos) + 1} > block_size={self.block_size}")
+        slots = torch.arange(lo, hi, device=k.device)
+        at_t = torch.tensor(pos, device=k.device)
+        self.k[layer, slots, :, at_t] = k[:, :, 0]
+        self.v[layer, slots, :, at_t] = v[:, :, 0]
+        end = max(pos) + 1
+        return self.k[layer, lo:hi, :, :end], self.v[layer, lo:hi, :, :end]
+
+    def linear(self, module: nn.Linear, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
+        return (self._packed if x.shape[0] > 1 else self._plain).linear(module, x, act)
+
+    def positions(self, T: int) -> torch.Tensor:
+        lo, hi = self.window
+        start = torch.tensor(self.lengths[lo:hi], device=self.k.device)
+        return start[:, None] + torch.arange(T, device=self.k.device)
+
+    def attention_mask(self, T: int) -> torch.Tensor | None:
+        if self._uniform() is not None:
+            return None  # the model's own causal / one-token path
+        lo, hi = self.window
+        key = (lo, hi)
+        if self._mask is None or self._mask[0] != key:
+            pos = torch.tensor(self.lengths[lo:hi], device=self.k.device)  # each row's new token's position
+            keys = torch.arange(max(self.lengths[lo:hi]) + 1, device=self.k.device)
+            self._mask = (key, (keys[None, :] <= pos[:, None])[:, None, None, :])  # (B, 1, 1, S)
+        return self._mask[1]
+
+    # -- slots --
+
+    def remove(self, slots: list[int], rows: int) -> dict[int, int]:
+        """Free ``slots`` among the first ``rows``; move the last rows into the holes. Returns the moves
+        (old slot → new slot)."""
+        gone = set(slots)
+        keep = rows - len(gone)
+        holes = sorted(s for s in gone if s < keep)
+        movers = [s for s in range(keep, rows) if s not in gone]
+        moves = dict(zip(movers, holes, strict=True))
+        if moves:
+            src = torch.tensor(list(moves), device=self.k.device)
+            dst = torch.tensor(list(moves.values()), device=self.k.device)
+            self.k[:, dst] = self.k[:, src]
+            self.v[:, dst] = self.v[:, src]
+            for a, b in moves.items():
+                self.lengths[b] = self.lengths[a]
+        for s in range(keep, rows):
+            self.lengths[s] = 0
+        self._mask = None
+        return moves
+
+
+# ------------------------------------------------------------------------------------------ requests
+
+
+@dataclass
+class ImageRequest:
+    """One generation request, its settings already validated and put over the model's defaults."""
+
+    prompt: str
+    n: int = 1
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    seed: int | None = None
+    negative_prompt: str | None = None
+    partial_images: int = 0
+    timeout: float | None = None  # seconds from submission
+
+
+Listener = Callable[..., None]
+
+
+class Job:
+    """A request inside the engine. ``listener(kind, ...)`` is called from the scheduler thread."""
+
+    def __init__(self, request: ImageRequest, listener: Listener | None, rows: int) -> None:
+        self.request = request
+        self.id = secrets.token_hex(6)
+        self.listener = listener or (lambda *event: None)
+        self.rows = rows  # slots it needs: n, or 2n with guidance
+        self.submitted = time.monotonic()
+        self.deadline = None if request.timeout is None else self.submitted + request.timeout
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.slots: list[int] = []  # its rows in the RowCache: conditional first, then unconditional
+        self.codes: torch.Tensor | None = None  # (n, img_len)
+        self.drawn = 0  # image tokens drawn per row
+        self.partial_at: list[int] = []  # token counts after which a partial image is sent
+        self.cancelled = threading.Event()
+        self.finished = threading.Event()
+        self.result: list[bytes] | None = None
+        self.error: BaseException | None = None
+
+    def cancel(self) -> None:
+        """Leave at the next step boundary (the listener hears a Cancelled error)."""
+        self.cancelled.set()
+
+    def wait(self, timeout: float | None = None) -> list[bytes]:
+        """The PNGs (blocking; for callers without a listener)."""
+        if not self.finished.wait(timeout):
+            raise RequestTimeout(f"request {self.id} not finished after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@dataclass
+class EngineConfig:
+    max_batch_rows: int = 32  # rows decoded together (a guided image takes two)
+    max_queue: int = 64  # requests waiting; one more is refused (QueueFull)
+
+
+def png_bytes(pixels) -> bytes:
+    """(H, W, 3) uint8 array → PNG file bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Engine:
+    """Owns ``pipe``'s model in one scheduler thread; :meth:`submit` from any thread."""
+
+    def __init__(self, pipe, config: EngineConfig | None = None) -> None:
+        self.pipe = pipe
+        self.config = config or EngineConfig()
+        if self.config.max_batch_rows < 1 or self.config.max_queue < 0:
+            raise ValueError("max_batch_rows must be >= 1 and max_queue >= 0")
+        self.gpt: ArtistGPT = pipe.model.gpt
+        self.vqgan = pipe.model.vqgan
+        self.img_len = self.gpt.config.img_len
+        self.cache = RowCache(self.gpt, self.config.max_batch_rows)
+        self._waiting: deque[Job] = deque()
+        self._running: list[Job] = []
+        self._rows = 0
+        self._cv = threading.Condition()
+        self._accepting = True
+        self._stop = False
+        # statistics (read by /metrics)
+        self.peak_rows = 0
+        self.peak_requests = 0
+        self.steps = 0
+        self.images_done = 0
+        self._done_times: deque[float] = deque(maxlen=1024)
+        self._thread = threading.Thread(target=self._loop, name="artist-engine", daemon=True)
+        self._thread.start()
+
+    # -- the outside --
+
+    def rows_for(self, request: ImageRequest) -> int:
+        return request.n * (2 if request.sampling.guidance_scale != 1.0 else 1)
+
+    def submit(self, request: ImageRequest, listener: Listener | None = None) -> Job:
+        rows = self.rows_for(request)
+        if rows > self.config.max_batch_rows:
+            raise ValueError(
+                f"n={request.n}{' with guidance' if rows > request.n else ''} needs {rows} rows; "
+                f"this server runs at most max_batch_rows={self.config.max_batch_rows}"
+            )
+        job = Job(request, listener, rows)
+        with self._cv:
+            if not self._accepting:
+                raise EngineClosed("the server is shutting down")
+            if len(self._waiting) >= self.config.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are waiting (max_queue={self.config.max_queue})")
+            self._waiting.append(job)
+            self._cv.notify()
+        return job
+
+    def stats(self) -> dict:
+        now = time.monotonic()
+        recent = [t for t in self._done_times if now - t <= 60.0]
+        return {
+            "queued": len(self._waiting), "running_requests": len(self._running), "running_rows": self._rows,
+            "peak_rows": self.peak_rows, "peak_requests": self.peak_requests, "steps": self.steps,
+            "images_done": self.images_done, "images_per_second": len(recent) / 60.0,
+        }
+
+    @property
+    def idle(self) -> bool:
+        return not self._waiting and not self._running
+
+    def close(self, drain: bool = True, timeout: float | None = None) -> bool:
+        """Stop taking requests; with ``drain`` finish the queued and running ones, else fail them.
+        Returns whether the scheduler thread ended within ``timeout``."""
+        with self._cv:
+            self._accepting = False
+            if not drain:
+                for job in list(self._waiting):
+                    self._fail(job, EngineClosed("the server stopped"))
+                self._waiting.clear()
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # -- the scheduler thread --
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._cv:
+                while not self._waiting and not self._running and not self._stop:
+                    self._cv.wait()
+                if self._stop and not self._waiting and not self._running:
+                    return
+                self._drop_expired_waiting()
+                joining = []
+                while self._waiting and self._rows + sum(j.rows for j in joining) + self._waiting[0].rows \
+                        <= self.config.max_batch_rows:
+                    joining.append(self._waiting.popleft())
+            for job in joining:
+                self._guarded(job, self._prefill)
+            self._leave_finished()
+            if self._running:
+                try:
+                    self._step()
+                except Exception as exc:  # noqa: BLE001 - a failed batch step fails its requests, not the engine
+                    logger.exception("decoding step failed; failing %d running requests", len(self._running))
+                    for job in list(self._running):
+                        self._remove(job)
+                        self._fail(job, exc)
+                self._leave_finished()
+
+    def _guarded(self, job: Job, fn: Callable[[Job], None]) -> None:
+        try:
+            fn(job)
+        except Exception as exc:  # noqa: BLE001 - one request's failure is its own
+            logger.exception("request %s failed", job.id)
+            if job in self._running:
+                self._remove(job)
+            self._fail(job, exc)
+
+    def _drop_expired_waiting(self) -> None:
+        now = time.monotonic()
+        for job in [j for j in self._waiting if j.cancelled.is_set() or (j.deadline and now > j.deadline)]:
+            self._waiting.remove(job)
+            self._fail(job, Cancelled("cancelled") if job.cancelled.is_set() else self._timeout(job))
+
+    def _timeout(self, job: Job) -> RequestTimeout:
+        return RequestTimeout(f"request {job.id} exceeded its timeout of {job.request.timeout} s")
+
+    def _inputs(self, job: Job) -> tuple[torch.Tensor, KnowledgeInputs | None]:
+        """The request's rows as ``sampling.sample_image_tokens`` builds them (cond, then uncond)."""
+        req = job.request
+        device = self.pipe.device
+        guided = job.rows > req.n
+        negative = guided and bool(req.negative_prompt)
+        # with a negative prompt both are encoded in one batch, so their entity slots line up
+        text_ids, know = self.pipe.encode_prompts([req.prompt, req.negative_prompt] if negative else [req.prompt])
+        text_ids = text_ids.to(device)
+        if know is not None:
+            know = know.to(device, self.gpt.pos_emb.dtype)
+        rows = torch.zeros(req.n, dtype=torch.long, device=device)
+        text = text_ids[rows]
+        cond_know = know.index_select(rows) if know is not None else None
+        if not guided:
+            return text, cond_know
+        if negative:  # the unconditional rows read the negative prompt (and its entities)
+            uncond = text_ids[rows + 1]
+            uncond_know = know.index_select(rows + 1) if know is not None else None
+        else:  # the empty caption, no entities (sampling.py's unconditional rows)
+            uncond = torch.full_like(text, self.gpt.pad_text_id)
+            uncond_know = cond_know.with_mask(torch.zeros_like(cond_know.mask)) if know is not None else None
+        text = torch.cat([text, uncond])
+        know = cond_know.cat(uncond_know) if know is not None else None
+        return text, know
+
+    def _prefill(self, job: Job) -> None:
+        text, know = self._inputs(job)
+        lo = self._rows
+        hi = lo + job.rows
+        for s in range(lo, hi):
+            self.cache.lengths[s] = 0
+        self.cache.window = (lo, hi)
+        logits = self.gpt.prefill(text, know, self.cache)
+        job.slots = list(range(lo, hi))
+        job.codes = torch.empty(job.request.n, self.img_len, dtype=torch.long, device=self.pipe.device)
+        p = job.request.partial_images
+        job.partial_at = sorted({max(1, round(self.img_len * i / (p + 1))) for i in range(1, p + 1)})
+        self._running.append(job)
+        self._rows = hi
+        self.peak_rows = max(self.peak_rows, self._rows)
+        self.peak_requests = max(self.peak_requests, len(self._running))
+        self._draw(job, logits)
+
+    def _draw(self, job: Job, logits: torch.Tensor) -> None:
+        """One token for each of the job's rows from its rows' logits (sampling.py's steps)."""
+        cfg = job.request.sampling
+        n = job.request.n
+        logits = logits.float()
+        if job.rows > n:
+            logits = guide(logits[:n], logits[n:], cfg.guidance_scale)
+        logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+        probs = logits.softmax(dim=-1)
+        nxt = _inverse_cdf(probs.to(job.generator.device), job.generator).to(job.codes.device)  # (n, 1)
+        job.codes[:, job.drawn] = nxt[:, 0]
+        job.drawn += 1
+        if job.drawn in job.partial_at and job.drawn < self.img_len:
+            job.listener("partial", job.partial_at.index(job.drawn), self._partial_pngs(job))
+
+    def _step(self) -> None:
+        R = self._rows
+        fed = torch.empty(R, 1, dtype=torch.long, device=self.pipe.device)
+        for job in self._running:
+            last = job.codes[:, job.drawn - 1 : job.drawn]
+            fed[job.slots] = torch.cat([last, last]) if job.rows > job.request.n else last
+        self.cache.window = (0, R)
+        logits = self.gpt.step(fed, self.cache)  # (R, V)
+        self.steps += 1
+        index = {}
+        for job in self._running:
+            index[job.id] = torch.tensor(job.slots, device=logits.device)
+        for job in list(self._running):
+            self._guarded(job, lambda j: self._draw(j, logits[index[j.id]]))
+
+    def _leave_finished(self) -> None:
+        now = time.monotonic()
+        for job in list(self._running):
+            if job.cancelled.is_set():
+                self._remove(job)
+                self._fail(job, Cancelled("cancelled"))
+            elif job.deadline and now > job.deadline:
+                self._remove(job)
+                self._fail(job, self._timeout(job))
+            elif job.drawn == self.img_len:
+                self._remove(job)
+                self._guarded(job, self._finish)
+
+    def _remove(self, job: Job) -> None:
+        if job not in self._running:
+            return
+        moves = self.cache.remove(job.slots, self._rows)
+        self._running.remove(job)
+        self._rows -= job.rows
+        for other in self._running:
+            other.slots = [moves.get(s, s) for s in other.slots]
+        job.slots = []
+
+    def _finish(self, job: Job) -> None:
+        pixels = images_to_uint8(self.vqgan.decode(job.codes).float()).cpu().numpy()
+        job.result = [png_bytes(p) for p in pixels]
+        self.images_done += len(job.result)
+        t = time.monotonic()
+        self._done_times.extend([t] * len(job.result))
+        job.finished.set()
+        job.listener("done", job.result)
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        job.error = exc
+        job.finished.set()
+        job.listener("error", exc)
+
+    def _partial_pngs(self, job: Job) -> list[bytes]:
+        """The images so far: whole rows of tokens already drawn are final, the rest grey."""
+        codes = job.codes.clone()
+        codes[:, job.drawn :] = 0
+        pixels = images_to_uint8(self.vqgan.decode(codes).float()).cpu().numpy().copy()
+        grid = math.isqrt(self.img_len)
+        done_rows = job.drawn // grid
+        pixels[:, done_rows * pixels.shape[1] // grid :] = GREY
+        return [png_bytes(p) for p in pixels]
+
+
+__all__ = ["Cancelled", "Engine", "EngineClosed", "EngineConfig", "ImageRequest", "Job", "QueueFull",
+           "RequestTimeout", "RowCache", "png_bytes"]

@@ -1,0 +1,102 @@
+"""The continuous-batching engine on the embedded default model (real model, real threads)."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from easynlp_artist.models.stage2 import decoding
+from easynlp_artist.pipeline import ArtistPipeline
+from easynlp_artist.serve.engine import Cancelled, Engine, EngineConfig, ImageRequest, QueueFull, RowCache
+
+PROMPTS = ["一个红色的圆形", "蓝色的正方形", "绿色三角形", "一个黄色的圆"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return ArtistPipeline.from_pretrained("artist-shapes-tiny-zh")
+
+
+def test_row_cache_rows_at_different_positions_match_separate_caches(pipe):
+    """Rows at different positions in one step give each row's logits of its own plain cache."""
+    gpt = pipe.model.gpt
+    ids, know = pipe.encode_prompts(PROMPTS[:3])
+    torch.manual_seed(0)
+    extra = [0, 3, 7]  # row i has run `extra[i]` image tokens more than the prefill
+    tokens = torch.randint(0, gpt.config.img_vocab_size, (3, 8))
+    cache = RowCache(gpt, 4)
+    expected = []
+    with torch.no_grad():
+        for r in range(3):  # the reference: each row alone, in decoding.py's own cache
+            ref = decoding.new_cache(gpt, 1)
+            gpt.prefill(ids[r : r + 1], know.index_select(torch.tensor([r])), ref)
+            for t in range(extra[r]):
+                gpt.step(tokens[r : r + 1, t : t + 1], ref)
+            expected.append(gpt.step(tokens[r : r + 1, extra[r] : extra[r] + 1], ref))
+            cache.window = (r, r + 1)
+            gpt.prefill(ids[r : r + 1], know.index_select(torch.tensor([r])), cache)
+            for t in range(extra[r]):
+                gpt.step(tokens[r : r + 1, t : t + 1], cache)
+        cache.window = (0, 3)
+        assert cache.lengths[:3] == [gpt.config.text_len + e for e in extra]
+        fed = torch.stack([tokens[r, extra[r]] for r in range(3)])[:, None]
+        got = gpt.step(fed, cache)
+    torch.testing.assert_close(got, torch.cat(expected), rtol=1e-5, atol=1e-5)
+    assert cache.lengths[:3] == [gpt.config.text_len + e + 1 for e in extra]
+
+
+def test_busy_batch_gives_each_seeded_request_the_pipelines_codes(pipe):
+    """Requests joining a running batch at different steps, with their own settings, each get the
+    codes the pipeline gives for the same prompt, seed and settings."""
+    engine = Engine(pipe, EngineConfig(max_batch_rows=24))
+    try:
+        requests = []
+        for i in range(8):
+            sampling = pipe.sampling.updated(guidance_scale=(1.0, 3.0)[i % 2], top_k=(None, 16)[i % 3 == 0],
+                                             temperature=(1.0, 0.8)[i % 4 == 1])
+            requests.append(ImageRequest(PROMPTS[i % 4], n=1 + i % 3, sampling=sampling, seed=100 + i))
+        jobs = []
+        for r in requests:
+            jobs.append(engine.submit(r))
+            time.sleep(0.002)  # later requests join a batch already running
+        for job in jobs:
+            job.wait(60)
+        assert engine.peak_requests >= 3  # they did share the batch
+        for r, job in zip(requests, jobs, strict=True):
+            s = r.sampling
+            out = pipe(r.prompt, num_images_per_prompt=r.n, generator=torch.Generator().manual_seed(r.seed),
+                       top_k=s.top_k, top_p=s.top_p, temperature=s.temperature, guidance_scale=s.guidance_scale)
+            assert torch.equal(job.codes.cpu(), out.codes.cpu()), r
+            assert len(job.result) == r.n and all(png.startswith(b"\x89PNG") for png in job.result)
+    finally:
+        engine.close()
+
+
+def test_partial_images_queue_full_and_cancel(pipe):
+    engine = Engine(pipe, EngineConfig(max_batch_rows=2, max_queue=1))
+    try:
+        events = []
+        seen_partial, proceed = threading.Event(), threading.Event()
+
+        def listener(kind, *payload):  # runs in the scheduler thread: holding it holds the engine
+            events.append(kind)
+            if kind == "partial" and not seen_partial.is_set():
+                seen_partial.set()
+                proceed.wait(30)
+
+        running = engine.submit(ImageRequest("红色的圆形", n=2, partial_images=2, seed=1), listener)
+        assert seen_partial.wait(30)
+        waiting = engine.submit(ImageRequest("蓝色的正方形", seed=2))  # the batch is full: it waits
+        with pytest.raises(QueueFull, match="max_queue=1"):
+            engine.submit(ImageRequest("绿色三角形", seed=3))
+        running.cancel()
+        proceed.set()
+        with pytest.raises(Cancelled):
+            running.wait(30)
+        assert len(waiting.wait(30)) == 1  # the freed slots served the waiting request
+        assert events.count("partial") >= 1 and events[-1] == "error"
+        with pytest.raises(ValueError, match="max_batch_rows=2"):
+            engine.submit(ImageRequest("x", n=3))
+    finally:
+        engine.close()
