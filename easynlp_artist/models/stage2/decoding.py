@@ -21,8 +21,9 @@ only read under ``torch.no_grad`` decoding, never for training.
 
 Where the next speed-ups go: another weight form for decoding (bf16 or int8 weight-only Linears)
 is a second pair of "does it pay off / prepare the weight / multiply" next to :data:`ONEDNN`, chosen
-in :func:`new_cache`; speculative (Jacobi) decoding feeds several guessed tokens through
-``gpt._run`` with a cache and rolls ``cache.length`` back to the accepted prefix; a
+in :func:`new_cache`; speculative Jacobi decoding (``sampling._sample_jacobi``) feeds several
+guessed tokens per row through :func:`window_logits` and rolls ``cache.length`` back to the
+accepted prefix; a
 continuous-batching engine needs a cache with a length per row (and positions from it in
 ``gpt._run``) behind the same ``update`` / ``linear`` interface (``gpt.DecodingCache``).
 """
@@ -175,16 +176,26 @@ class KVCache:
         return self.form.multiply(x, packed, module.bias, act)
 
 
-def new_cache(gpt: ArtistGPT, batch: int, device=None, dtype=None, pack_weights: bool | None = None) -> KVCache:
+def new_cache(gpt: ArtistGPT, batch: int, device=None, dtype=None, pack_weights: bool | None = None,
+              rows_per_step: int | None = None) -> KVCache:
     """An empty cache for ``batch`` rows of ``gpt``. ``pack_weights`` (default: where it pays off for
-    ``batch`` rows) gives it oneDNN-packed copies of the Linear weights, kept on ``gpt`` between
-    calls (see the module docstring) at the price of a second copy of those weights in memory."""
+    ``rows_per_step`` rows multiplied per decoding step, by default ``batch``; a speculative decoder
+    feeds several positions per row) gives it oneDNN-packed copies of the Linear weights, kept on
+    ``gpt`` between calls (see the module docstring) at the price of a second copy of those weights
+    in memory."""
     p = gpt.pos_emb
     linears = list(decoding_linears(gpt))
     if pack_weights is None:
-        pack_weights = all(ONEDNN.pays_off(m.weight, batch) for m in linears)
+        pack_weights = all(ONEDNN.pays_off(m.weight, rows_per_step or batch) for m in linears)
     packed = None
     if pack_weights:
         store = _store(gpt)
         packed = {m: store.get(m, ONEDNN, batch) for m in linears}
     return KVCache(gpt.config, batch, device or p.device, dtype or p.dtype, packed, ONEDNN)
+
+
+def window_logits(gpt: ArtistGPT, image_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Feed image codes (B, T) after ``cache.length`` cached positions → the logits after each of them
+    (B, T, V) (a speculative decoder verifies its guesses in one pass). ``cache.length`` then counts
+    all T; set it back to keep only an accepted prefix (the later keys are overwritten next time)."""
+    return cache.linear(gpt.head, gpt._run(gpt.tok_emb(image_ids), cache))
