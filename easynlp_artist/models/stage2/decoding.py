@@ -33,6 +33,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -47,9 +48,9 @@ class WeightForm:
 
     name: str
     pays_off: Callable[[torch.Tensor, int], bool]  # (weight, rows per step) -> use it?
-    prepare: Callable[[torch.Tensor, int], torch.Tensor]  # (weight (out, in), rows) -> the copy kept
+    prepare: Callable[[torch.Tensor, int], Any]  # (weight (out, in), rows) -> the copy kept
     # (x, prepared copy, bias, activation module or None) -> act(x @ W.T + b)
-    multiply: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, nn.Module | None], torch.Tensor]
+    multiply: Callable[[torch.Tensor, Any, torch.Tensor | None, nn.Module | None], torch.Tensor]
 
 
 def _onednn_pays_off(weight: torch.Tensor, rows: int) -> bool:
@@ -75,6 +76,42 @@ def _onednn_multiply(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor |
 
 
 ONEDNN = WeightForm("onednn", _onednn_pays_off, _onednn_prepare, _onednn_multiply)
+
+
+class Int8Weight(NamedTuple):
+    """A weight (out, in) as int8 codes and one bf16 scale per output channel: W ≈ codes * scales[:, None]."""
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+
+
+def _int8_pays_off(weight: torch.Tensor, rows: int) -> bool:
+    # PyTorch's CPU kernel (aten._weight_int8pack_mm) reads the input width in blocks of 16: other
+    # widths give wrong results or crash, so such Linears stay as they are
+    return weight.device.type == "cpu" and weight.shape[1] % 16 == 0
+
+
+def _int8_prepare(weight: torch.Tensor, rows: int) -> Int8Weight:
+    """Symmetric per-output-channel quantisation. The kernel takes bf16 scales, so the codes are
+    rounded against the bf16-rounded scale (no second rounding error in the product)."""
+    w = weight.float()
+    scales = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.bfloat16).tiny).to(torch.bfloat16)
+    codes = torch.round(w / scales.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+    return Int8Weight(codes.contiguous(), scales)
+
+
+def _int8_multiply(x: torch.Tensor, w: Int8Weight, bias: torch.Tensor | None,
+                   act: nn.Module | None) -> torch.Tensor:
+    # the kernel's input and output are bf16 (an fp32 input takes a scalar path ~10x slower)
+    y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), w.codes, w.scales)
+    y = y.view(*x.shape[:-1], -1).to(x.dtype)
+    if bias is not None:
+        y = y + bias
+    return y if act is None else act(y)
+
+
+INT8 = WeightForm("int8", _int8_pays_off, _int8_prepare, _int8_multiply)
+WEIGHTS = ("model", "int8")  # what new_cache(weights=...) accepts
 
 
 class PackedWeights(nn.Module):
@@ -177,14 +214,28 @@ class KVCache:
 
 
 def new_cache(gpt: ArtistGPT, batch: int, device=None, dtype=None, pack_weights: bool | None = None,
-              rows_per_step: int | None = None) -> KVCache:
+              rows_per_step: int | None = None, weights: str = "model") -> KVCache:
     """An empty cache for ``batch`` rows of ``gpt``. ``pack_weights`` (default: where it pays off for
     ``rows_per_step`` rows multiplied per decoding step, by default ``batch``; a speculative decoder
     feeds several positions per row) gives it oneDNN-packed copies of the Linear weights, kept on
     ``gpt`` between calls (see the module docstring) at the price of a second copy of those weights
-    in memory."""
+    in memory.
+
+    ``weights="int8"``: int8 weight-only Linears instead (:data:`INT8`, CPU; a quarter of the fp32
+    bytes per step, products in bf16), for every Linear whose input width the kernel takes; it pays
+    at one or two rows per step (figures in bench/README.md). ``pack_weights=False`` keeps the
+    model's own weights in either case."""
     p = gpt.pos_emb
     linears = list(decoding_linears(gpt))
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if weights == "int8" and pack_weights is not False:
+        if p.device.type != "cpu":
+            raise ValueError(f"weights='int8' runs on CPU only (torch.ops.aten._weight_int8pack_mm), "
+                             f"the model is on {p.device}")
+        store = _store(gpt)
+        packed = {m: store.get(m, INT8, batch) for m in linears if INT8.pays_off(m.weight, batch)}
+        return KVCache(gpt.config, batch, device or p.device, dtype or p.dtype, packed, INT8)
     if pack_weights is None:
         pack_weights = all(ONEDNN.pays_off(m.weight, rows_per_step or batch) for m in linears)
     packed = None

@@ -29,6 +29,9 @@ class SamplingConfig:
     # guessed codes verified per forward pass (same distribution, fewer passes; see _sample_jacobi)
     method: str = "sequential"
     jacobi_window: int = 16  # guessed codes per pass (Teng et al. 2024 use 16)
+    # the GPT's Linear weights while decoding: "model" (its own dtype, oneDNN-packed where that
+    # pays) or "int8" (weight-only int8, CPU: fewer bytes per step, pays at 1-2 rows per step)
+    weights: str = "model"
 
     def __post_init__(self) -> None:
         if self.top_k is not None and self.top_k < 0:
@@ -43,6 +46,8 @@ class SamplingConfig:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.jacobi_window < 1:
             raise ValueError(f"jacobi_window must be >= 1, got {self.jacobi_window}")
+        if self.weights not in decoding.WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(decoding.WEIGHTS)}, got {self.weights!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -212,7 +217,8 @@ def sample_image_tokens(
         out[:, :k] = image_prefix[rows]
 
     rows_per_step = text.shape[0] * (cfg.jacobi_window + 1 if jacobi else 1)
-    cache = decoding.new_cache(gpt, text.shape[0], rows_per_step=rows_per_step) if use_cache else None
+    cache = (decoding.new_cache(gpt, text.shape[0], rows_per_step=rows_per_step, weights=cfg.weights)
+             if use_cache else None)
     logits = gpt.prefill(text, know, cache, prefix)
     if jacobi:
         _sample_jacobi(gpt, cache, _probs(logits, cfg, n), out, k, cfg,
