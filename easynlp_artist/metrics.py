@@ -19,6 +19,7 @@ from easynlp_artist.data import CodesDataset, ImageDataset, Stage2Collate, row_i
 from easynlp_artist.models.stage1.vqgan import images_to_uint8
 from easynlp_artist.models.stage2.objective import Stage2Objective
 from easynlp_artist.models.stage2.sampling import SamplingConfig
+from modelzoo.extras import require
 
 
 def row_generators(seed: int, rows: list[Row]) -> list[torch.Generator]:
@@ -72,6 +73,7 @@ def load_feature_extractor(path: str) -> nn.Module:
 def fid(pipe, table: TableDataset, text_column: str, image_column: str, *, extractor: nn.Module,
         sampling: SamplingConfig, seed: int, num_images: int, batch_size: int) -> float:
     """FID of images generated from the table's texts (through the pipeline) against its images."""
+    require("torchmetrics", "fid", "FID (fid_feature_extractor=)")
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     res = pipe.model.config.vqgan.resolution

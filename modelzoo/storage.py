@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import StorageError
+from .extras import require
 from .files import env_number, publish_file, remove_stale, temp_sibling
 
 REMOTE_SCHEMES = ("http", "https", "s3", "oss")
@@ -368,6 +369,7 @@ def _s3_client_cached(endpoint: str | None, region: str, addressing: str, key_id
 def s3_client(uri: str | None = None) -> Any:
     """A boto3 S3 client configured from the environment (cached per configuration); with the
     credentials of ``uri``'s user info (``s3://KEY:SECRET@bucket/key``) when it has them."""
+    require("boto3", "s3", redact(uri) if uri else "s3:// storage")
     endpoint = os.environ.get("EASYNLP_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or None
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     addressing = os.environ.get("EASYNLP_S3_ADDRESSING_STYLE", "auto")
@@ -403,10 +405,9 @@ def _s3_error(uri: str, e: BaseException) -> StorageError:
 
 
 def _s3_range(uri: str, start: int, validator: str | None) -> RangeStream:
-    from botocore.exceptions import BotoCoreError, ClientError
-
     bucket, key = split_bucket_key(uri)
     client = s3_client(uri)
+    from botocore.exceptions import BotoCoreError, ClientError
     kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if start > 0:
         kwargs["Range"] = f"bytes={start}-"

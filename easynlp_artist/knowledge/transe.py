@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from modelzoo.errors import ModelZooError
+from modelzoo.extras import require
 from modelzoo.files import atomic_path
 
 from .entities import EntityStore
@@ -101,6 +103,7 @@ def train_transe(
     triples: Sequence[tuple[str, str, str]], config: TransEConfig | None = None
 ) -> tuple[EntityStore, TransEMetrics]:
     """Train TransE on labelled triples; returns the entity store (names, ids, vectors) and held-out metrics."""
+    require("pykeen", "transe", "TransE training (python -m easynlp_artist.knowledge.transe)")
     from pykeen.pipeline import pipeline  # heavy import, only needed here
     from pykeen.triples import TriplesFactory
 
@@ -182,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             refit_on_all=args.refit_on_all,
         )
         metrics = train_transe_files(args.triples, args.output_dir, config, args.skip_first_line)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ModelZooError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(asdict(metrics), indent=2))
