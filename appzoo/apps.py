@@ -1,7 +1,9 @@
 """Discovery of installed applications through the ``easynlp.appzoo`` entry-point group.
 
-AppZoo never imports an application by name: each one is a plugin. A plugin that fails to import
-is reported as broken (with its error) instead of breaking the whole command.
+AppZoo never imports an application by name: each one is a plugin. ``easynlp --help`` lists the
+registered names from the installed metadata without importing any plugin (importing the app
+pulls in torch); the selected app is imported, and one that fails to import is reported as broken
+(with its error) instead of a traceback.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class AppNotFoundError(ValueError):
 
 @dataclass(frozen=True)
 class AppEntry:
-    """One registered application: either loaded (``app_cls``) or broken (``error``)."""
+    """One registered application: loaded (``app_cls``), broken (``error``) or not imported (neither)."""
 
     name: str
     target: str
@@ -42,8 +44,12 @@ def _entry_points(group: str) -> list[metadata.EntryPoint]:
     return sorted(unique.values(), key=lambda ep: ep.name)
 
 
+def _distribution(ep: metadata.EntryPoint) -> str | None:
+    return ep.dist.name if getattr(ep, "dist", None) is not None else None
+
+
 def _load(ep: metadata.EntryPoint) -> AppEntry:
-    dist = ep.dist.name if getattr(ep, "dist", None) is not None else None
+    dist = _distribution(ep)
     try:
         obj = ep.load()
     except Exception as exc:  # a plugin's import failure must not break the CLI
@@ -60,6 +66,11 @@ def _load(ep: metadata.EntryPoint) -> AppEntry:
 def discover_apps(group: str = ENTRY_POINT_GROUP) -> list[AppEntry]:
     """All registered applications, each loaded (or marked broken), sorted by name."""
     return [_load(ep) for ep in _entry_points(group)]
+
+
+def registered_apps(group: str = ENTRY_POINT_GROUP) -> list[AppEntry]:
+    """All registered applications as the installed metadata names them, none imported, sorted by name."""
+    return [AppEntry(ep.name, ep.value, _distribution(ep)) for ep in _entry_points(group)]
 
 
 def find_app(name: str, group: str = ENTRY_POINT_GROUP) -> type[BaseApp]:
@@ -85,11 +96,16 @@ def format_app_list(entries: list[AppEntry]) -> str:
         return f"installed apps: none (register one under the {ENTRY_POINT_GROUP!r} entry-point group)"
     lines = ["installed apps:"]
     for entry in entries:
-        if entry.app_cls is None:
+        if entry.error is not None:
             lines.append(f"  {entry.name:<28} BROKEN ({entry.target}): {entry.error}")
+            continue
+        if entry.app_cls is None:
+            lines.append(f"  {entry.name:<28} {entry.target} (from {entry.distribution or 'an unnamed distribution'})")
             continue
         aliases = [n for n in entry.names if n != entry.name]
         suffix = f" (aliases: {', '.join(aliases)})" if aliases else ""
         modes = ", ".join(entry.app_cls.supported_modes())
         lines.append(f"  {entry.name:<28} {entry.app_cls.description}{suffix} [modes: {modes}]")
+    if any(e.app_cls is None and e.error is None for e in entries):
+        lines.append("easynlp --app_name=NAME --help describes one app (its modes and parameters)")
     return "\n".join(lines)

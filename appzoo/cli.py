@@ -6,6 +6,11 @@ running (for example a non-finite training loss); 130 after Ctrl-C and 143 after
 with one line; outputs are not published, temporary files are removed). ``--debug`` (or
 ``EASYNLP_DEBUG=1``) shows the traceback instead. URIs in every message and log line are shown
 without user info or query strings.
+
+Start-up stays light: flags, local ``--tables`` files and the ``--outputs`` location are checked
+before the app (and with it torch) is imported, and ``easynlp --help`` lists the apps from the
+installed metadata without importing them. The command is installed as ``easynlp`` and, because
+``pai-easynlp`` installs an ``easynlp`` command too, as ``easynlp-artist``.
 """
 
 from __future__ import annotations
@@ -17,17 +22,16 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from appzoo.apps import AppNotFoundError, discover_apps, find_app, format_app_list
+from appzoo.apps import AppNotFoundError, find_app, format_app_list, registered_apps
 from appzoo.args import CommonArgs, UsageError, build_parser
 from appzoo.errors import RunError
 from appzoo.params import describe_params, parse_user_defined_parameters
 from modelzoo.errors import ModelZooError
+from modelzoo.extras import DISTRIBUTION, require
 from modelzoo.files import env_bool
-from modelzoo.storage import redact_text
+from modelzoo.storage import local_path, redact, redact_text, scheme_of
 
 logger = logging.getLogger("appzoo")
-
-DISTRIBUTION = "easynlp-artist"
 
 
 class Terminated(BaseException):
@@ -74,7 +78,7 @@ def _help(argv: list[str]) -> str:
         app_name = argv[argv.index("--app_name") + 1]
     mode = next((a.split("=", 1)[1] for a in argv if a.startswith("--mode=")), None)
     if app_name is None:
-        return build_parser(epilog=format_app_list(discover_apps())).format_help()
+        return build_parser(epilog=format_app_list(registered_apps())).format_help()
     app_cls = find_app(app_name)
     where = f" --mode={mode}" if mode else ""
     head = f"easynlp --app_name={app_name}{where}: {app_cls.description}\n"
@@ -82,6 +86,33 @@ def _help(argv: list[str]) -> str:
     usage = ("\n--user_defined_parameters takes these keys, separated by spaces "
              "(e.g. \"max_generated_num=4 top_k=32\"):\n")
     return head + usage + keys + "\n\nThe common flags: easynlp --help"
+
+
+def check_paths(args: CommonArgs) -> None:
+    """Before anything heavy is imported: every local ``--tables`` file exists, the ``--outputs``
+    location is not under a file, and the package that ``s3://`` locations need is installed."""
+    for table in filter(None, args.tables):
+        path = local_path(table)
+        if path is None:
+            continue
+        if not path.exists():
+            raise UsageError(f"--tables: {table}: no such file")
+        if path.is_dir():
+            raise UsageError(f"--tables: {table} is a folder, not a table file")
+    if args.outputs and (out := local_path(args.outputs)) is not None:
+        parent = next((p for p in out.absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise UsageError(f"--outputs={args.outputs}: {parent} is a file, not a folder")
+    for uri in (*args.tables, args.outputs or ""):
+        if scheme_of(uri) == "s3":
+            require("boto3", "s3", redact(uri))
+
+
+def set_openmp_defaults(environ=os.environ) -> None:  # noqa: B006 - the process environment
+    """Waiting OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``) unless the user
+    chose a policy: on a shared machine a spinning thread takes the core its parked partner needs.
+    Only effective before torch is imported (libgomp reads it once, when it is loaded)."""
+    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _debug(argv: list[str]) -> bool:
@@ -106,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = CommonArgs.from_argv(argv)
         if not args.app_name:
             raise UsageError("--app_name is required (easynlp --help lists the installed apps)")
+        check_paths(args)
+        set_openmp_defaults()
         app_cls = find_app(args.app_name)
         params = parse_user_defined_parameters(args.user_defined_parameters, app_cls.Params)
         if args.mode not in app_cls.supported_modes():
@@ -117,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if needs_relaunch(args):
             return relaunch(argv, args)
-    except (UsageError, AppNotFoundError, ValueError) as exc:
+    except (UsageError, AppNotFoundError, ValueError, ModelZooError) as exc:
         if debug:
             raise
         return _fail(str(exc), 2)

@@ -11,6 +11,8 @@ from appzoo.app import BaseApp
 from appzoo.apps import AppNotFoundError, discover_apps, find_app, format_app_list
 from appzoo.cli import main
 
+TOY_PLUGIN_DIR = Path(__file__).parent / "toy_plugin"
+
 
 def test_discovery_finds_toy_apps_and_reports_broken_plugin(toy_plugin):
     entries = {e.name: e for e in discover_apps()}
@@ -38,12 +40,24 @@ def test_supported_modes(toy_plugin):
     assert BaseApp.supported_modes() == ()
 
 
-def test_help_lists_apps(toy_plugin, capsys):
+def test_help_lists_apps_without_importing_them(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(TOY_PLUGIN_DIR))
+    monkeypatch.delitem(sys.modules, "appzoo_toy_app", raising=False)
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "--user_defined_parameters" in out
-    assert "Toy regression app for the appzoo tests" in out
-    assert "toy_broken" in out and "BROKEN" in out
+    assert re.search(r"toy_regression +appzoo_toy_app:ToyRegressionApp \(from appzoo-toy-plugin\)", out)
+    assert re.search(r"toy_broken +appzoo_toy_missing_module:App \(from appzoo-toy-plugin\)", out)
+    assert "easynlp --app_name=NAME --help describes one app" in out
+    assert "appzoo_toy_app" not in sys.modules  # listed from the metadata, not imported
+
+
+def test_help_of_the_selected_app_imports_it(toy_plugin, capsys):
+    assert main(["--app_name=toy_regression", "--help"]) == 0
+    assert "Toy regression app for the appzoo tests" in capsys.readouterr().out
+    assert main(["--app_name=toy_broken", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("easynlp: error: app 'toy_broken' (appzoo_toy_missing_module:App) is installed but broken")
 
 
 @pytest.mark.parametrize(
