@@ -28,7 +28,7 @@ from easynlp_artist.modeling import ArtistModel
 from easynlp_artist.models.stage1.vqgan import VQGANConfig
 from easynlp_artist.params import ArtistParams, SizeParams
 from easynlp_artist.pipeline import ArtistPipeline, find_checkpoint, resolve_checkpoint
-from easynlp_artist.runtime import tune_cpu_allocator
+from easynlp_artist.runtime import set_default_threads, tune_cpu_allocator
 from easynlp_artist.tokenization import load_tokenizer
 from modelzoo.storage import redact
 
@@ -148,6 +148,8 @@ def load_pipeline(args: CommonArgs, params: ArtistParams, device: torch.device) 
         gpt_cfg = dataclasses.replace(pipe.model.config.gpt, **given)
         pipe.model.config = ArtistConfig(pipe.model.config.vqgan, gpt_cfg)
         pipe.model.gpt.config = gpt_cfg
+    if params.model.num_threads is None and args.mode != "train":  # training keeps torch's (all cores)
+        set_default_threads(pipe.model)
     dtype = getattr(torch, params.model.dtype) if args.mode != "train" else None
     return pipe.to(device, dtype)
 
