@@ -41,7 +41,7 @@ import torch
 from easynlp_artist.modeling import ArtistModel
 from easynlp_artist.models.stage2 import decoding
 from easynlp_artist.models.stage2.gpt import ArtistGPT, GPTConfig
-from easynlp_artist.models.stage2.sampling import SamplingConfig, sample_image_tokens
+from easynlp_artist.models.stage2.sampling import JacobiStats, SamplingConfig, sample_image_tokens
 from easynlp_artist.runtime import tune_cpu_allocator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/common.py
@@ -307,6 +307,162 @@ def run(args: argparse.Namespace) -> None:
     print(f"load average at the end: {load_average()}")
 
 
+# ---- fast decoding (--section decoding): bf16, int8 weights, Jacobi, the Hugging Face peer ---------
+
+ISA_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
+
+
+def isa_flags() -> str:
+    """The vector ISA extensions of this CPU that decide the bf16/int8 kernels (from /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    have = [x for x in ISA_FLAGS if x in flags]
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return (" ".join(have) or "none of " + " ".join(ISA_FLAGS)) + (f" (oneDNN capped at {isa})" if isa else "")
+
+
+def stream_bandwidth(mib: int) -> float:
+    """Best of 5 reads of a ``mib`` MiB tensor (a sum): bytes per second one thread streams from memory."""
+    x = torch.ones(mib * 2**20 // 4)
+    best = min(timed(x.sum)[0] for _ in range(5))
+    return x.numel() * 4 / best
+
+
+def step_bytes(gpt: ArtistGPT, cache: decoding.KVCache, rows: int, keys: int) -> tuple[int, int]:
+    """Bytes one cached step must read: every decoding Linear's weight (in the cache's form) and
+    bias, and the keys and values of ``keys`` positions for ``rows`` rows."""
+    weights = 0
+    for m in decoding.decoding_linears(gpt):
+        copy_ = cache.packed.get(m)
+        if isinstance(copy_, decoding.Int8Weight):
+            weights += copy_.codes.numel() + copy_.scales.numel() * copy_.scales.element_size()
+        else:  # the packed oneDNN copy has the weight's element count and size
+            weights += m.weight.numel() * m.weight.element_size()
+        if m.bias is not None:
+            weights += m.bias.numel() * m.bias.element_size()
+    kv = 2 * gpt.config.n_layer * rows * keys * gpt.config.n_embd * cache.k.element_size()
+    return weights, kv
+
+
+def pass_seconds(gpt: ArtistGPT, rows: int, weights: str, keys: int, fed: int, reps: int) -> tuple[float, int, int]:
+    """Best time of one cached pass feeding ``fed`` positions per row after ``keys - 1`` cached ones
+    (fed=1: a decoding step; fed=L+1: a Jacobi window), and the bytes a step reads."""
+    cfg = gpt.config
+    cache = decoding.new_cache(gpt, rows, rows_per_step=rows * fed, weights=weights)
+    gen = torch.Generator().manual_seed(0)
+    gpt.prefill(prompts(cfg, rows, gen), None, cache)
+    ids = torch.randint(0, cfg.img_vocab_size, (rows, keys - cfg.text_len), generator=gen)
+    gpt._run(gpt.tok_emb(ids[:, :-1]), cache)
+    start = cache.length
+    best = float("inf")
+    for _ in range(reps):
+        cache.length = start
+        best = min(best, timed(lambda: decoding.window_logits(gpt, ids[:, -fed:], cache))[0])
+    return (best, *step_bytes(gpt, cache, rows, keys))
+
+
+def hf_generate_seconds(cfg: GPTConfig, rows: int, dtype: torch.dtype) -> float | None:
+    """Hugging Face ``GPT2LMHeadModel.generate`` (KV cache) at the same layer shapes, the head over
+    the image codes, sampling ``img_len`` tokens after ``text_len`` prompt tokens."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        return None
+    hf = GPT2LMHeadModel(GPT2Config(
+        vocab_size=cfg.img_vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, activation_function="gelu", layer_norm_epsilon=1e-5, tie_word_embeddings=False,
+        bos_token_id=0, eos_token_id=None,
+    )).to(dtype).eval()
+    ids = torch.randint(0, cfg.img_vocab_size, (rows, cfg.text_len))
+    kw = dict(max_new_tokens=cfg.img_len, min_new_tokens=cfg.img_len, do_sample=True, top_k=0, top_p=1.0,
+              pad_token_id=0, eos_token_id=None, attention_mask=torch.ones_like(ids))
+    hf.generate(ids[:, :4], **{**kw, "max_new_tokens": 2, "min_new_tokens": 2})  # warm-up
+    return timed(lambda: hf.generate(ids, **kw))[0]
+
+
+def embedded_acceptance(window: int, images: int) -> tuple[JacobiStats, int, float, float]:
+    """Jacobi decoding on the embedded default model at its default sampling: the stats, the image
+    side in codes, and the seconds of Jacobi and of sequential sampling for the same prompts."""
+    from easynlp_artist import ArtistPipeline
+
+    pipe = ArtistPipeline.from_pretrained("artist-shapes-tiny-zh")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "prompts.tsv")
+    with open(path, encoding="utf-8") as f:
+        texts = [line.split("\t")[1].strip() for line in f if line.strip()]
+    text, know = pipe.encode_prompts(texts, None)
+    stats = JacobiStats()
+    jacobi = pipe.sampling.updated(method="jacobi", jacobi_window=window)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(len(texts))]  # noqa: E731
+    run = functools.partial(sample_image_tokens, pipe.model.gpt, text, know, num_images_per_prompt=images)
+    t_jacobi, _ = timed(lambda: run(sampling=jacobi, generator=gens(), stats=stats))
+    t_seq, _ = timed(lambda: run(sampling=pipe.sampling, generator=gens()))
+    return stats, int(pipe.model.config.gpt.img_len ** 0.5), t_jacobi, t_seq
+
+
+def run_decoding(args: argparse.Namespace) -> None:
+    """Decode steps per dtype / weight form next to their floors, whole sampling calls against the
+    Hugging Face peer, and Jacobi decoding's speed-up (pass cost here × acceptance on the embedded model)."""
+    torch.set_num_threads(args.threads or available_cores())
+    torch.manual_seed(args.seed)
+    cfg = build_config(args).gpt
+    print(f"machine: {describe_machine()}")
+    print(f"isa: {isa_flags()}; oneDNN bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, "
+          f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"shape: GPT {cfg.n_layer} layers x {cfg.n_embd} wide, {cfg.n_head} heads, {cfg.img_vocab_size} codes, "
+          f"{cfg.text_len} text + {cfg.img_len} image tokens; random weights")
+    bw = stream_bandwidth(args.stream_mib)
+    print(f"streaming bandwidth: {bw / 1e9:.1f} GB/s (sum of a {args.stream_mib} MiB tensor, best of 5)")
+    fp32 = ArtistGPT(cfg).eval()
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    variants = [("fp32", fp32, "model"), ("bf16", bf16, "model"), ("int8", fp32, "int8")]
+    keys = cfg.text_len + cfg.img_len // 2  # a step in the middle of the image
+    L = args.jacobi_window
+    with torch.inference_mode():
+        steps = {}
+        for label, gpt, weights in variants:
+            for rows in args.batches:
+                t, wb, kvb = pass_seconds(gpt, rows, weights, keys, 1, args.reps)
+                steps[label, rows] = t
+                floor = (wb + kvb) / bw
+                print(f"decode step {label} batch {rows}: {t * 1e3:.1f} ms at {keys} positions; floor "
+                      f"{floor * 1e3:.1f} ms ({wb / 1e6:.0f} MB weights + {kvb / 1e6:.0f} MB KV at "
+                      f"{bw / 1e9:.1f} GB/s) = {t / floor:.2f}x floor")
+            t, _, _ = pass_seconds(gpt, 1, weights, keys, L + 1, args.reps)
+            steps[label, "window"] = t
+            print(f"jacobi pass {label} batch 1 ({L + 1} positions): {t * 1e3:.1f} ms = "
+                  f"{t / steps[label, 1]:.2f} steps")
+        for label, gpt, weights in variants:
+            for rows in args.batches:
+                sampling = SamplingConfig(weights=weights)
+                t, _ = timed(lambda g=gpt, r=rows, s=sampling: sample_image_tokens(g, prompts(cfg, r, torch.Generator()),
+                                                                                    sampling=s))
+                steps[label, rows, "sample"] = t
+                line = (f"sampling {label} batch {rows}: {t:.2f} s for {cfg.img_len} codes "
+                        f"({rows / t:.3f} img/s sampling only), {steps['fp32', rows, 'sample'] / t:.2f}x fp32")
+                if weights == "model" and not args.no_hf:
+                    t_hf = hf_generate_seconds(cfg, rows, gpt.pos_emb.dtype)
+                    if t_hf is not None:
+                        line += f"; HF GPT2LMHeadModel.generate {t_hf:.2f} s, ours {t_hf / t:.2f}x HF"
+                print(line)
+    # outside inference mode: the loaded model's weights must stay ordinary tensors (their version
+    # counters tell the decoding copies when to be remade)
+    stats, side, t_jac, t_seq = embedded_acceptance(L, args.embedded_images)
+    bands = [(r, min(r + args.band_rows, side)) for r in range(0, side, args.band_rows)]
+    accepted = stats.accepted_per_pass()
+    per_band = ", ".join(f"rows {a}-{b - 1}: {stats.accepted_per_pass(a * side, b * side):.2f}" for a, b in bands)
+    print(f"embedded model, Jacobi window {L}, its default sampling, {len(stats.commits)} row-passes: accepted "
+          f"codes per pass {accepted:.2f} ({per_band}); sampling {t_jac:.2f} s vs sequential {t_seq:.2f} s there")
+    for label, _, _ in variants:
+        speedup = accepted * steps[label, 1] / steps[label, "window"]
+        print(f"jacobi speed-up {label} batch 1 (derived: {accepted:.2f} codes per pass on the embedded model "
+              f"x step {steps[label, 1] * 1e3:.1f} ms / pass {steps[label, 'window'] * 1e3:.1f} ms here): "
+              f"{speedup:.2f}x sequential {label}, {speedup * steps['fp32', 1] / steps[label, 1]:.2f}x fp32 sequential")
+    print(f"load average at the end: {load_average()}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_shape_args(p)
@@ -325,10 +481,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
                    help="tuned: easynlp_artist.runtime.tune_cpu_allocator(), as the app does")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--section", choices=["samplers", "decoding"], default="samplers",
+                   help="samplers: cached vs full recompute (above); decoding: dtypes, int8, Jacobi, HF peer")
+    p.add_argument("--jacobi-window", type=int, default=16, help="decoding: Jacobi guesses per pass")
+    p.add_argument("--reps", type=int, default=5, help="decoding: timed passes per figure (the best is kept)")
+    p.add_argument("--stream-mib", type=int, default=512, help="decoding: tensor read for the bandwidth figure")
+    p.add_argument("--embedded-images", type=int, default=4, help="decoding: images per demo prompt for acceptance")
+    p.add_argument("--band-rows", type=int, default=2, help="decoding: image rows per acceptance band")
+    p.add_argument("--no-hf", action="store_true", help="decoding: skip the Hugging Face generate peer")
     args = p.parse_args(argv)
     fill_shape_defaults(args)
     return args
 
 
 if __name__ == "__main__":
-    run(parse_args())
+    parsed = parse_args()
+    (run_decoding if parsed.section == "decoding" else run)(parsed)
