@@ -5,7 +5,12 @@ import torch
 from helpers.tiny_gpt import TINY, batch, knowledge, tiny
 
 from easynlp_artist.models.stage2.gpt import ArtistGPT, GPTConfig
-from easynlp_artist.models.stage2.sampling import JacobiStats, SamplingConfig, sample_image_tokens
+from easynlp_artist.models.stage2.sampling import (
+    JacobiStats,
+    SamplingConfig,
+    filter_logits,
+    sample_image_tokens,
+)
 
 
 def test_callback_sees_each_drawn_position_once_with_the_final_codes_before_it():
@@ -178,3 +183,18 @@ def test_the_chi_square_check_rejects_a_nearby_distribution():
     codes = sample_image_tokens(model, text, know, num_images_per_prompt=SAMPLES, sampling=_jacobi(temperature=1.15),
                                 generator=torch.Generator().manual_seed(1))
     assert _chi_square_p_value(codes, exact, free) < 1e-4
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.999])
+def test_top_p_searched_among_candidates_keeps_the_full_sort_nucleus(top_p):
+    """Rows whose nucleus lies within the first candidates, within the second, and beyond both."""
+    g = torch.Generator().manual_seed(0)
+    V = 4096
+    logits = torch.randn(6, V, generator=g) * torch.tensor([8.0, 6.0, 4.0, 2.0, 0.5, 0.05])[:, None]
+    logits[5, :3] = 5.0  # ties among the most likely (the order among tied codes at the edge is arbitrary)
+    logits = torch.cat([logits, filter_logits(logits[:2], 300, None)])  # after a top-k filter
+    kept = filter_logits(logits, None, top_p).isfinite()
+    assert torch.equal(kept, _keep_top(logits, None, top_p).isfinite())
+    sizes = kept.sum(1)
+    assert sizes.min() < 256 < sizes.max()  # nuclei within the first candidates and beyond them
+    assert top_p < 0.9 or sizes.max() > 2048  # and beyond the second ones: the full sort
