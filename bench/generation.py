@@ -447,6 +447,13 @@ def run_decoding(args: argparse.Namespace) -> None:
                     if t_hf is not None:
                         line += f"; HF GPT2LMHeadModel.generate {t_hf:.2f} s, ours {t_hf / t:.2f}x HF"
                 print(line)
+        # the whole Jacobi loop here (random weights accept ~1 code per pass: this is its overhead)
+        jstats = JacobiStats()
+        t_loop, _ = timed(lambda: sample_image_tokens(bf16, prompts(cfg, 1, torch.Generator()), stats=jstats,
+                                                      sampling=SamplingConfig(method="jacobi", jacobi_window=L)))
+        print(f"jacobi sampling bf16 batch 1, random weights: {t_loop:.2f} s, {jstats.passes} passes "
+              f"({jstats.accepted_per_pass():.2f} codes each), {t_loop / max(jstats.passes, 1) * 1e3:.1f} ms per "
+              f"pass in the loop vs {steps['bf16', 'window'] * 1e3:.1f} ms for the pass alone")
     # outside inference mode: the loaded model's weights must stay ordinary tensors (their version
     # counters tell the decoding copies when to be remade)
     stats, side, t_jac, t_seq = embedded_acceptance(L, args.embedded_images)

@@ -17,7 +17,8 @@ def test_decoding_section_prints_every_figure():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
-    for start in ("machine:", "isa:", "streaming bandwidth:", "embedded model, Jacobi window 4"):
+    for start in ("machine:", "isa:", "streaming bandwidth:", "embedded model, Jacobi window 4",
+                  "jacobi sampling bf16 batch 1, random weights:"):
         assert any(line.startswith(start) for line in lines), (start, proc.stdout)
     for label in ("fp32", "bf16", "int8"):
         for rows in (1, 8):
