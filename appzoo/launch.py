@@ -70,8 +70,18 @@ def relaunch(argv: Sequence[str], args: CommonArgs) -> int:
         )
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     launcher_args = get_args_parser().parse_args(torchrun_command(argv, args)[3:])
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
     try:
         run(launcher_args)
+    except KeyboardInterrupt:
+        print("easynlp: error: interrupted (Ctrl-C); the processes were stopped, nothing was published",
+              file=sys.stderr)
+        return 130
+    except SignalException as exc:
+        print(f"easynlp: error: stopped by signal {exc.sigval}; the processes were stopped, nothing was published",
+              file=sys.stderr)
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         codes = sorted({failure.exitcode for failure in exc.failures.values()})
         print(

@@ -186,3 +186,25 @@ def test_two_machines_on_loopback_train_and_predict_like_one(toy_plugin, toy_env
     for code, err in _two_nodes(toy_env, [*predict, *_common(test, tmp_path / "one", f"--outputs={tmp_path / 'two.tsv'}")]):
         assert code == 0, err[-3000:]
     assert (tmp_path / "two.tsv").read_text() == (tmp_path / "one.tsv").read_text()
+
+
+def test_sigterm_to_a_multi_process_run_stops_it_with_one_line(toy_env, tmp_path, write_toy_table):
+    import signal
+    import time
+
+    table = write_toy_table(tmp_path / "train.tsv", 64)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appzoo", "--worker_gpu=2", "--app_name=toy_regression", "--mode=train",
+         "--epoch_num=100000", "--micro_batch_size=1", "--logging_steps=1", *_common(table, tmp_path / "ckpt")],
+        env=toy_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    lines = []
+    while not any("training:" in line for line in lines):
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+        lines.append(proc.stderr.readline())
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 143, rest[-3000:]
+    assert rest.strip().splitlines()[-1].startswith("easynlp: error: stopped by signal 15")
+    assert "Traceback" not in rest.split("easynlp: error: stopped by signal")[-1]
