@@ -33,7 +33,12 @@ from easynlp_artist.models.stage1.vqgan import VQGAN, VQGANConfig
 from easynlp_artist.models.stage2.convert import convert_original, to_original
 from easynlp_artist.models.stage2.gpt import ArtistGPT
 from easynlp_artist.models.stage2.sampling import SamplingConfig, sample_image_tokens
-from easynlp_artist.models.state_dicts import mismatches
+from easynlp_artist.models.state_dicts import (
+    load_weights_only,
+    mismatches,
+    safetensors_shapes,
+    shape_mismatches,
+)
 from modelzoo.files import atomic_path, write_text_atomic
 
 CONFIG_FILE = "config.json"
@@ -47,6 +52,41 @@ TRAINING_ONLY_KEYS = {
 }
 
 logger = logging.getLogger(__name__)
+
+
+# sizes that multiply what building a model allocates; the others show in the key-by-key listing
+LARGE_SIZES = ("gpt.n_layer", "gpt.n_embd", "gpt.text_len + gpt.img_len",
+               "gpt vocab_size (img_vocab_size + text_vocab_size)")
+
+
+def check_sizes(config: ArtistConfig, shapes: dict[str, tuple[int, ...]], vq_prefix: str, gpt_prefix: str,
+                config_path: Path, weights: Path, only: tuple[str, ...] | None = None) -> None:
+    """The sizes in ``config.json`` against the tensor shapes in the weights file's header (no
+    tensor is allocated): an absurd or mistyped size is reported with the field, both files and
+    both values instead of exhausting memory while building the model."""
+    g, v = config.gpt, config.vqgan
+    blocks = {k[len(gpt_prefix) :].split(".")[1] for k in shapes if k.startswith(gpt_prefix + "blocks.")}
+    pos = shapes.get(gpt_prefix + "pos_emb")
+    tok = shapes.get(gpt_prefix + "tok_emb.weight")
+    head = shapes.get(gpt_prefix + "head.weight")
+    codebook = next((s for k, s in shapes.items() if k.startswith(vq_prefix) and k.endswith("embedding.weight")), None)
+    found = {
+        "gpt.n_layer": (g.n_layer, len(blocks)),
+        "gpt.n_embd": (g.n_embd, pos[-1] if pos else None),
+        "gpt.text_len + gpt.img_len": (g.block_size, pos[1] if pos and len(pos) == 3 else None),
+        "gpt vocab_size (img_vocab_size + text_vocab_size)": (g.vocab_size, tok[0] if tok else None),
+        "gpt.img_vocab_size": (g.img_vocab_size, head[0] if head else None),
+        "vqgan.n_embed": (v.n_embed, codebook[0] if codebook else None),
+        "vqgan.embed_dim": (v.embed_dim, codebook[1] if codebook and len(codebook) == 2 else None),
+    }
+    if only is not None:
+        found = {k: v for k, v in found.items() if k in only}
+    wrong = [f"{field}={want} but {weights.name} holds {have}" for field, (want, have) in found.items()
+             if have is not None and want != have]
+    missing = [field for field, (_, have) in found.items() if have is None and field != "gpt.n_layer"]
+    if wrong or missing:
+        detail = "; ".join(wrong + ([f"no tensor for {', '.join(missing)}"] if missing else []))
+        raise ValueError(f"{config_path} does not describe {weights}: {detail}")
 
 
 class ArtistModel(nn.Module):
@@ -150,20 +190,37 @@ class ArtistModel(nn.Module):
         except json.JSONDecodeError as e:
             raise ValueError(f"{config_path}: invalid JSON ({e})") from e
         if "gpt" in raw:
-            model = cls(ArtistConfig.from_dict(raw))
             weights = directory / WEIGHTS_FILE
             if not weights.is_file():
                 raise FileNotFoundError(f"no {WEIGHTS_FILE} in {directory}")
+            try:
+                config = ArtistConfig.from_dict(raw)
+            except ValueError as e:
+                raise ValueError(f"{config_path}: {e}") from None
+            # every size is checked against the weights' header before anything is allocated
+            shapes = safetensors_shapes(weights)
+            check_sizes(config, shapes, "vqgan.", "gpt.", config_path, weights, only=LARGE_SIZES)
+            with torch.device("meta"):  # shapes only: nothing is allocated
+                expected = {k: tuple(t.shape) for k, t in cls(config).state_dict().items()}
+            problems = shape_mismatches(shapes, expected)
+            if problems:
+                raise ValueError(f"{weights} does not fit config.json:\n  " + "\n  ".join(problems))
+            model = cls(config)
             model._load_checked(load_file(weights), str(weights))
         else:
             weights = directory / ORIGINAL_WEIGHTS_FILE
             if not weights.is_file():
                 raise FileNotFoundError(f"no {ORIGINAL_WEIGHTS_FILE} (original layout) in {directory}")
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            state = load_weights_only(weights)  # memory-mapped: tensors are read when loaded into the model
             if "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
             ent = state.get(GPT_PREFIX + "ent_emb.weight")
-            config = ArtistConfig.from_original(raw, vqgan, entity_dim=None if ent is None else ent.shape[1])
+            try:
+                config = ArtistConfig.from_original(raw, vqgan, entity_dim=None if ent is None else ent.shape[1])
+            except ValueError as e:
+                raise ValueError(f"{config_path}: {e}") from None
+            shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+            check_sizes(config, shapes, VQGAN_PREFIX, GPT_PREFIX, config_path, weights)
             model = cls(config)
             model.load_original_state_dict(state, str(weights))
         dtype = torch_dtype or torch.float32

@@ -1,6 +1,7 @@
 """The whole model: configs, our checkpoint layout, and the EasyNLP release's layout."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -145,3 +146,46 @@ def test_half_precision_checkpoint_loads_as_float32(tmp_path):
         w = loaded.state_dict()[k]
         assert w.dtype == v.dtype, k
         torch.testing.assert_close(w, v.half().to(v.dtype) if v.is_floating_point() else v)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("n_layer", 100_000, "gpt.n_layer=100000 but model.safetensors holds 2"),
+        ("n_embd", 2**20, "gpt.n_embd=1048576 but model.safetensors holds 16"),
+        ("text_len", 10**9, "gpt.text_len + gpt.img_len=1000000064 but model.safetensors holds 70"),
+        ("n_layer", "12", "GPTConfig.n_layer must be an integer, got '12' (str)"),
+        ("n_head", True, "GPTConfig.n_head must be an integer, got True (bool)"),
+    ],
+)
+def test_absurd_or_mistyped_sizes_are_refused_before_allocating(tmp_path, field, value, message):
+    import json
+    import resource
+
+    ArtistModel(tiny_artist_config()).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["gpt"][field] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        ArtistModel.from_pretrained(tmp_path)
+    assert str(tmp_path / "config.json") in str(e.value) or "model.safetensors" in str(e.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing big was built
+
+
+def test_a_pickle_that_is_not_weights_only_is_refused_in_one_line(tmp_path):
+    import pickle
+
+    cfg = tiny_artist_config()
+    ArtistModel(cfg).save_pretrained(tmp_path, original_layout=True)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this would run",))
+
+    with open(tmp_path / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"transformer.x": Payload()}, f)
+    with pytest.raises(ValueError) as e:
+        ArtistModel.from_pretrained(tmp_path, vqgan=cfg.vqgan)
+    text = str(e.value)
+    assert "not a safe checkpoint" in text and "\n" not in text and "weights_only=False" not in text

@@ -30,7 +30,7 @@ Linear is multiplied (``decoding.py``: oneDNN-packed weights on CPU).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import torch
@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from easynlp_artist.knowledge.batch import KnowledgeInputs
+from easynlp_artist.models.fields import from_dict
 
 KNOWLEDGE_FUSIONS = ("input", "output")
 
@@ -89,11 +90,7 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> GPTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown GPTConfig fields: {', '.join(unknown)}")
-        return cls(**d)
+        return from_dict(cls, d, "GPTConfig")
 
 
 class DecodingCache(Protocol):
