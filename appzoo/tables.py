@@ -34,6 +34,7 @@ from modelzoo.files import publish_file, remove_stale, temp_sibling
 from modelzoo.storage import is_remote, local_path
 
 DEFAULT_MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+REDUCE_FACTOR = 4  # decode_image_base64(reduce_to=R) decodes images at least this many times R smaller
 
 
 class TableError(ValueError):
@@ -310,12 +311,16 @@ class TableDataset:
 
 
 def decode_image_base64(text: str, *, file: str | os.PathLike | None = None, line: int | None = None,
-                        column: int | str | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-                        ) -> Image.Image:
+                        column: int | str | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                        reduce_to: int | None = None) -> Image.Image:
     """Base64 (standard or URL-safe, padding optional) of any PIL-readable image → RGB image.
 
     Transparent images are put on white; images with more than ``max_pixels`` pixels are refused
-    before decoding. Every failure is a TableError naming ``file``/``line``/``column``.
+    before decoding. With ``reduce_to`` (the size the caller resizes to), an image at least
+    ``REDUCE_FACTOR`` times larger on both sides is decoded smaller where the format allows it
+    (JPEG's DCT scaling) and reduced by an integer factor before colour conversion otherwise, still
+    at least ``reduce_to`` on each side; smaller images are decoded exactly as before. Every
+    failure is a TableError naming ``file``/``line``/``column``.
     """
     payload = "".join(text.split())
     if payload.startswith("data:") and "," in payload:
@@ -336,7 +341,14 @@ def decode_image_base64(text: str, *, file: str | os.PathLike | None = None, lin
                 raise TableError(
                     file, line, column, f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels"
                 )
+            huge = reduce_to is not None and min(width, height) >= REDUCE_FACTOR * reduce_to
+            if huge and img.format == "JPEG":
+                img.draft("RGB", (reduce_to, reduce_to))  # decodes at 1/2, 1/4 or 1/8 scale
             img.load()
+            if huge:
+                factor = min(img.width, img.height) // reduce_to
+                if factor >= 2:
+                    img = img.reduce(factor)
             return to_rgb(img)
     except TableError:
         raise

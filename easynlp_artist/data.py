@@ -46,7 +46,7 @@ def row_image(row: Row, column: str, resolution: int) -> torch.Tensor:
     """The image in ``row[column]`` as a model input; bad base64/images name file, line and column."""
     names = list(row.values)
     position = names.index(column) + 1
-    img = decode_image_base64(row[column], file=row.file, line=row.line_no, column=position)
+    img = decode_image_base64(row[column], file=row.file, line=row.line_no, column=position, reduce_to=resolution)
     return image_to_tensor(img, resolution)
 
 

@@ -252,3 +252,18 @@ def test_every_non_empty_line_is_a_row_or_a_reject_in_both_readers(tmp_path):
     assert len(dataset) == 5  # lines 1, 2, 3, 5, 6: only the empty line 4 is not a row
     with pytest.raises(TableError, match="carriage return"):
         dataset.row(3)
+
+
+def test_huge_images_decode_reduced_and_ordinary_ones_exactly(tmp_path):
+    big = _noise("RGB", size=(2048, 1536), seed=3)
+    jpeg = _b64(big, "JPEG", quality=90)
+    full = decode_image_base64(jpeg)
+    reduced = decode_image_base64(jpeg, reduce_to=128)
+    assert full.size == (2048, 1536)
+    assert reduced.size == (256, 192)  # DCT scaling at 1/8: still at least 128 on each side
+    png = _b64(_noise("RGBA", size=(1024, 1024), seed=4), "PNG")
+    assert decode_image_base64(png, reduce_to=200).size == (205, 205)  # reduced by 5 after decoding
+    assert decode_image_base64(png, reduce_to=200).size[0] >= 200
+    ordinary = _b64(_noise("RGB", size=(512, 512), seed=5), "JPEG")
+    assert np.array_equal(np.asarray(decode_image_base64(ordinary, reduce_to=256)),
+                          np.asarray(decode_image_base64(ordinary)))  # under 4x: decoded exactly
