@@ -9,8 +9,12 @@ it) goes through ``cache.linear``. This module decides what that does:
   model, which is bound by how fast the weights stream from memory, and oneDNN's blocked layout
   streams faster than PyTorch's ``(out, in)`` one; the exact GELU after the first MLP Linear is
   fused into the product. Packing pays off from two fp32 rows (for one row the plain
-  matrix-vector product is already at memory speed) and for any bf16 row count; figures in
-  bench/README.md.
+  matrix-vector product is already at memory speed) and for any bf16 row count;
+* on CPU with ``new_cache(weights="int8")``, int8 weight-only Linears (:data:`INT8`: a quarter of
+  the fp32 bytes, bf16 products); PyTorch's kernel pays at one or two rows per step only.
+
+Figures in bench/README.md. A bf16 model (``.to(torch.bfloat16)``) decodes in bf16 through the
+packed form.
 
 Packed copies are kept between sampling calls (packing the whole model is not free), in a
 parameterless child module that ``new_cache`` adds to the GPT (:class:`PackedWeights`). Being part
@@ -19,11 +23,10 @@ the copies at once; a copy whose weight changed in place (optimizer step, ``load
 remade by the next call (:class:`~easynlp_artist.models.derived.DerivedWeight`). Packed weights are
 only read under ``torch.no_grad`` decoding, never for training.
 
-Where the next speed-ups go: another weight form for decoding (bf16 or int8 weight-only Linears)
-is a second pair of "does it pay off / prepare the weight / multiply" next to :data:`ONEDNN`, chosen
-in :func:`new_cache`; speculative Jacobi decoding (``sampling._sample_jacobi``) feeds several
-guessed tokens per row through :func:`window_logits` and rolls ``cache.length`` back to the
-accepted prefix; a
+Speculative Jacobi decoding (``sampling._sample_jacobi``) feeds several guessed tokens per row
+through :func:`window_logits` and rolls ``cache.length`` back to the prefix every row accepted.
+Where the next speed-ups go: another weight form is a third "does it pay off / prepare the weight
+/ multiply" triple next to :data:`ONEDNN` and :data:`INT8`, chosen in :func:`new_cache`; a
 continuous-batching engine needs a cache with a length per row (and positions from it in
 ``gpt._run``) behind the same ``update`` / ``linear`` interface (``gpt.DecodingCache``).
 """
