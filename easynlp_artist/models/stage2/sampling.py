@@ -8,11 +8,12 @@ unconditional rows (all-[PAD] text, no entities) in one batch and mixes their lo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from easynlp_artist.knowledge.batch import KnowledgeInputs
+from easynlp_artist.models.fields import from_dict
 from easynlp_artist.models.stage2 import decoding
 from easynlp_artist.models.stage2.gpt import ArtistGPT
 
@@ -54,10 +55,7 @@ class SamplingConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> SamplingConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown sampling fields: {', '.join(unknown)}")
-        return cls(**d)
+        return from_dict(cls, d, "sampling")
 
     def updated(self, **given) -> SamplingConfig:
         """These defaults with every argument that is not None put over them. To switch a default
