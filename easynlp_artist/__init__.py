@@ -18,6 +18,7 @@ _EXPORTS = {
     "ArtistModel": "easynlp_artist.modeling",
     "ArtistPipeline": "easynlp_artist.pipeline",
     "ArtistPipelineOutput": "easynlp_artist.pipeline",
+    "make_image_grid": "easynlp_artist.pipeline",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

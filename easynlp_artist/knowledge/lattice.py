@@ -525,7 +525,9 @@ class LatticeBuilder:
         cfg = self.config
         stats = LatticeStats()
         enc = encode_texts(self.tokenizer, texts, cfg.text_len)
-        lats = [self.lattice(t, offs, trunc, stats) for t, offs, trunc in zip(texts, enc.offsets, enc.truncated)]
+        # a long text was read only as far as its kept tokens need (enc.chars): so is its lattice
+        lats = [self.lattice(t[:n], offs, trunc, stats)
+                for t, n, offs, trunc in zip(texts, enc.chars, enc.offsets, enc.truncated)]
         knowledge = knowledge_from_lattices(
             lats, self.store, text_len=cfg.text_len, entity_num=cfg.entity_num, priority=cfg.priority, stats=stats
         )
