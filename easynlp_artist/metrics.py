@@ -6,6 +6,7 @@ combined, so the figures equal a one-process run's.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -19,7 +20,9 @@ from easynlp_artist.data import CodesDataset, ImageDataset, Stage2Collate, row_i
 from easynlp_artist.models.stage1.vqgan import images_to_uint8
 from easynlp_artist.models.stage2.objective import Stage2Objective
 from easynlp_artist.models.stage2.sampling import SamplingConfig
-from modelzoo.extras import require
+from easynlp_artist.progress import Progress, run_settings
+
+logger = logging.getLogger(__name__)
 
 
 def row_generators(seed: int, rows: list[Row]) -> list[torch.Generator]:
@@ -46,16 +49,18 @@ def reconstruction(vqgan, dataset: ImageDataset, batch_size: int, device) -> dic
     squared, pixels, psnr_sum = 0.0, 0, 0.0
     used = torch.zeros(vqgan.config.n_embed)
     mine = my_shard(len(dataset))
-    for start in range(0, len(mine), batch_size):
-        images = torch.stack([dataset[i] for i in mine[start : start + batch_size]]).to(device)
-        codes = vqgan.encode(images)
-        used[codes.flatten().cpu()] = 1.0
-        recon = images_to_uint8(vqgan.decode(codes)).float()
-        truth = images_to_uint8(images).float()
-        mse = (recon - truth).pow(2).flatten(1).mean(1)
-        psnr_sum += float((10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).sum())
-        squared += float((recon - truth).pow(2).sum())
-        pixels += truth.numel()
+    with Progress(len(mine), "reconstruction", logger) as progress:
+        for start in range(0, len(mine), batch_size):
+            images = torch.stack([dataset[i] for i in mine[start : start + batch_size]]).to(device)
+            codes = vqgan.encode(images)
+            used[codes.flatten().cpu()] = 1.0
+            recon = images_to_uint8(vqgan.decode(codes)).float()
+            truth = images_to_uint8(images).float()
+            mse = (recon - truth).pow(2).flatten(1).mean(1)
+            psnr_sum += float((10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).sum())
+            squared += float((recon - truth).pow(2).sum())
+            pixels += truth.numel()
+            progress.update(len(images), len(images))
     squared, pixels, psnr_sum, *used_by_code = all_reduce_sum([squared, pixels, psnr_sum, *used.tolist()])
     return {
         "reconstruction_psnr": psnr_sum / len(dataset),
@@ -73,7 +78,6 @@ def load_feature_extractor(path: str) -> nn.Module:
 def fid(pipe, table: TableDataset, text_column: str, image_column: str, *, extractor: nn.Module,
         sampling: SamplingConfig, seed: int, num_images: int, batch_size: int) -> float:
     """FID of images generated from the table's texts (through the pipeline) against its images."""
-    require("torchmetrics", "fid", "FID (fid_feature_extractor=)")
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     res = pipe.model.config.vqgan.resolution
@@ -93,14 +97,17 @@ def fid(pipe, table: TableDataset, text_column: str, image_column: str, *, extra
     metric = FrechetInceptionDistance(feature=Features(), normalize=False, reset_real_features=True)
     n = len(table) if num_images == 0 else min(num_images, len(table))
     mine = my_shard(n)
-    for start in range(0, len(mine), batch_size):
-        rows = [table.row(i) for i in mine[start : start + batch_size]]
-        real = torch.stack([row_image(r, image_column, res) for r in rows])
-        metric.update(images_to_uint8(real).permute(0, 3, 1, 2), real=True)
-        out = pipe([str(r[text_column]) for r in rows], prompt_lattices=row_lattices(rows),
-                   generator=row_generators(seed, rows), output_type="np", **sampling.to_dict())
-        generated = torch.from_numpy(np.stack(_uint8(out.images))).permute(0, 3, 1, 2)
-        metric.update(generated, real=False)
+    logger.info("FID: generating %d image(s) on %s", n, run_settings(pipe, sampling))
+    with Progress(len(mine), "FID generation", logger) as progress, pipe.progress_bar_disabled():
+        for start in range(0, len(mine), batch_size):
+            rows = [table.row(i) for i in mine[start : start + batch_size]]
+            real = torch.stack([row_image(r, image_column, res) for r in rows])
+            metric.update(images_to_uint8(real).permute(0, 3, 1, 2), real=True)
+            out = pipe([str(r[text_column]) for r in rows], prompt_lattices=row_lattices(rows),
+                       generator=row_generators(seed, rows), output_type="np", sampling=sampling)
+            generated = torch.from_numpy(np.stack(_uint8(out.images))).permute(0, 3, 1, 2)
+            metric.update(generated, real=False)
+            progress.update(len(rows), len(rows))
     return float(metric.compute())
 
 

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from appzoo.distributed import get_rank, is_distributed, is_main_process, run_sharded_predict
+from appzoo.distributed import get_rank, get_world_size, is_distributed, is_main_process, run_sharded_predict
 from appzoo.tables import Row, Schema, encode_image_base64
 from easynlp_artist.data import knowledge_columns, read_rows, row_lattice, row_lattices
 from easynlp_artist.knowledge.lattice import describe_entities
 from easynlp_artist.metrics import row_generators
 from easynlp_artist.models.stage2.sampling import SamplingConfig
+from easynlp_artist.progress import Progress, run_settings
+from easynlp_artist.tokenization import PromptStats
 from modelzoo.files import atomic_path, publish_dir, recover_dir, temp_sibling, write_text_atomic
 from modelzoo.storage import is_remote, local_path, redact
 
@@ -119,20 +121,30 @@ def _check_preprocessed_entities(pipe, job: PredictJob, rejects) -> None:
         logger.info("entities of the first rows: %s", describe_entities(first, pipe.entities))
 
 
+def my_rows(count: int, batch_size: int) -> int:
+    """How many of ``count`` rows this process generates (batch j goes to rank j % world)."""
+    starts = range(get_rank() * batch_size, count, get_world_size() * batch_size)
+    return sum(min(batch_size, count - s) for s in starts)
+
+
 def run_predict(pipe, job: PredictJob, sampling: SamplingConfig,
                 checked: tuple[int, list[tuple[int, str]] | None]) -> dict:
     """Generate every row of a table checked by :func:`validate_table` (its result: ``checked``)."""
     count, rejects = checked
     if pipe.lattice is not None and knowledge_columns(job.schema):
         _check_preprocessed_entities(pipe, job, rejects)
-    logger.info("%d row(s) to generate from %s, %d image(s) each", count, redact(job.table), job.images_per_row)
-    staging = _staging(job.image_dir) if job.image_dir is not None else None
     k = job.images_per_row
-    settings = sampling.to_dict()
+    logger.info("%d row(s) to generate from %s, %d image(s) each, on %s", count, redact(job.table), k,
+                run_settings(pipe, sampling))
+    staging = _staging(job.image_dir) if job.image_dir is not None else None
+    pipe.prompt_stats = PromptStats()  # this run's prompts only
+    progress = Progress(my_rows(count, job.batch_size), "predict", logger,
+                        terminal=None if is_main_process() else False)
 
     def predict_batch(rows: list[Row]) -> list[list[str]]:
-        out = pipe([str(r[job.text_column]) for r in rows], num_images_per_prompt=k,
-                   prompt_lattices=row_lattices(rows), generator=row_generators(job.seed, rows), **settings)
+        with pipe.progress_bar_disabled():  # one bar over the rows, not one per batch
+            out = pipe([str(r[job.text_column]) for r in rows], num_images_per_prompt=k,
+                       prompt_lattices=row_lattices(rows), generator=row_generators(job.seed, rows), sampling=sampling)
         table_rows = []
         for i, row in enumerate(rows):
             pics = out.images[i * k : (i + 1) * k]
@@ -142,11 +154,16 @@ def run_predict(pipe, job: PredictJob, sampling: SamplingConfig,
                         pic.save(tmp, format="PNG")
             cells = {GENERATED_COLUMN: ",".join(encode_image_base64(p) for p in pics)}
             table_rows.append([cells[c] if c == GENERATED_COLUMN else str(row[c]) for c in job.out_columns])
+        progress.update(len(rows), len(rows) * k)
         return table_rows
 
     try:
         rows = read_rows(job.table, job.schema, job.skip_first_line, [] if rejects is not None else None)
-        written = run_sharded_predict(rows, predict_batch, job.outputs, job.batch_size)
+        with progress:
+            written = run_sharded_predict(rows, predict_batch, job.outputs, job.batch_size)
+        unread = pipe.prompt_stats.summary(pipe.model.config.gpt.text_len)
+        if unread is not None:
+            logger.warning("prompts the model cannot read whole: %s", unread)
         result = {"rows": written, "outputs": redact(job.outputs), "images_per_row": k}
         if rejects is not None and is_main_process():
             reject_path = job.outputs + ".rejects.tsv"
