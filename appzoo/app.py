@@ -75,3 +75,6 @@ class BaseApp:
 
     def predict(self, args: CommonArgs, params: Any) -> dict | None:
         raise UnsupportedModeError(f"app {self.name!r} does not support --mode=predict")
+
+    def serve(self, args: CommonArgs, params: Any) -> dict | None:
+        raise UnsupportedModeError(f"app {self.name!r} does not support --mode=serve")

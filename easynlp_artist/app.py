@@ -51,6 +51,7 @@ from easynlp_artist.predict import (
     validate_table,
 )
 from modelzoo.files import write_text_atomic
+from modelzoo.storage import redact
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def _codes(table, column, pipe, cache_dir, args, device) -> torch.Tensor:
 class Text2ImageArtistApp(BaseApp):
     name = "text2image_artist"
     aliases = ("text2image_generation",)
-    description = "ARTIST: knowledge-enhanced Chinese text-to-image (VQGAN + GPT); train, evaluate, predict"
+    description = "ARTIST: knowledge-enhanced Chinese text-to-image (VQGAN + GPT); train, evaluate, predict, serve"
     Params = ArtistParams
 
     # ---- train -----------------------------------------------------------------------------------
@@ -244,6 +245,32 @@ class Text2ImageArtistApp(BaseApp):
         sampling = params.sampling.over(pipe.sampling)
         logger.info("sampling: %s", sampling.to_dict())
         return run_predict(pipe, job, sampling, checked)
+
+    # ---- serve -----------------------------------------------------------------------------------
+
+    def serve(self, args: CommonArgs, params: ArtistParams) -> dict:
+        try:
+            from easynlp_artist.serve import server
+        except ImportError as exc:
+            raise ValueError(f'--mode=serve needs the server\'s packages ({exc.name} is missing): '
+                             f'pip install "easynlp-artist[serve]"') from exc
+        source = model_source(args, params)
+        name = redact(source.location) if source.location else "untrained"
+        name = os.path.basename(os.path.normpath(name)) if os.path.isdir(name) else name
+        s = params.serve
+        settings = server.ServerSettings(
+            api_key=server.api_key_from(s.api_key), max_queue=s.max_queue, max_batch_rows=s.max_batch_rows,
+            request_timeout=s.request_timeout, max_body_bytes=s.max_body_bytes, max_prompt_chars=s.max_prompt_chars,
+        )
+
+        def load():
+            pipe = load_pipeline(args, params, device_for_rank())
+            pipe.sampling = params.sampling.over(pipe.sampling)  # given sampling keys become the defaults
+            logger.info("sampling defaults: %s", pipe.sampling.to_dict())
+            return pipe
+
+        server.serve(load, settings, name, args.host, args.port)
+        return {}
 
 
 __all__ = ["ArtistParams", "Text2ImageArtistApp"]

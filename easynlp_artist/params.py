@@ -147,15 +147,37 @@ class EvaluationParams:
 
 
 @dataclass
+class ServeParams:
+    """The server's limits (--mode=serve; --host/--port are flags)."""
+
+    api_key: str | None = param(None, "bearer token clients must send (default: $ARTIST_API_KEY; none: no auth)")
+    max_queue: int = param(64, "requests waiting to join the batch; one more gets 429")
+    max_batch_rows: int = param(32, "rows decoded together (a guided image takes two)")
+    request_timeout: float = param(300.0, "seconds a request may wait and run")
+    max_body_bytes: int = param(65536, "largest request body")
+    max_prompt_chars: int = param(512, "longest prompt (and negative prompt)")
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_rows", "max_body_bytes", "max_prompt_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
+        if not self.request_timeout > 0:
+            raise ValueError(f"request_timeout must be > 0, got {self.request_timeout}")
+
+
+@dataclass
 class ArtistParams:
     model: ModelParams = group(ModelParams, "model")
     sizes: SizeParams = group(SizeParams, "sizes (new models; checked against a loaded one)", ("train",))
     training: TrainingParams = group(TrainingParams, "training", ("train",))
     stage1: Stage1Params = group(Stage1Params, "stage-1 (VQGAN) training, stage=vqgan", ("train",))
     knowledge: KnowledgeParams = group(KnowledgeParams, "knowledge")
-    sampling: SamplingParams = group(SamplingParams, "sampling", ("evaluate", "predict"))
+    sampling: SamplingParams = group(SamplingParams, "sampling", ("evaluate", "predict", "serve"))
     output: OutputParams = group(OutputParams, "predict outputs", ("predict",))
     evaluation: EvaluationParams = group(EvaluationParams, "evaluation", ("evaluate",))
+    serve: ServeParams = group(ServeParams, "server", ("serve",))
 
 
 __all__ = ["ArtistParams"]
