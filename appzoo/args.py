@@ -16,7 +16,7 @@ from typing import Literal
 
 from modelzoo.files import parse_bool
 
-MODES = ("train", "evaluate", "predict")
+MODES = ("train", "evaluate", "predict", "serve")
 
 class UsageError(ValueError):
     """Bad command-line input; the CLI prints it as one line and exits with status 2."""
@@ -70,7 +70,7 @@ class TrainingArguments:
 class CommonArgs(TrainingArguments):
     """The flags shared by every AppZoo application (EasyNLP names and defaults)."""
 
-    mode: Literal["train", "evaluate", "predict"] = "train"
+    mode: Literal["train", "evaluate", "predict", "serve"] = "train"
     app_name: str | None = None
     tables: list[str] = field(default_factory=list)
     outputs: str | None = None
@@ -86,6 +86,8 @@ class CommonArgs(TrainingArguments):
     master_port: int = 29500
     sequence_length: int = 16
     user_defined_parameters: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -94,8 +96,9 @@ class CommonArgs(TrainingArguments):
         for name in ("worker_gpu", "worker_count", "sequence_length"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.master_port < 65536:
-            raise UsageError(f"--master_port must be in 1..65535, got {self.master_port}")
+        for name in ("master_port", "port"):
+            if not 0 < getattr(self, name) < 65536:
+                raise UsageError(f"--{name} must be in 1..65535, got {getattr(self, name)}")
 
     def require(self, *names: str) -> None:
         """Raise UsageError naming the first of ``names`` (flag names) that is unset or empty."""
@@ -159,7 +162,7 @@ def _typed(kind: type, label: str):
 
 
 _HELP = {
-    "mode": "train, evaluate or predict",
+    "mode": "train, evaluate, predict or serve",
     "app_name": "the application to run (see the list below; aliases work too)",
     "tables": "comma-separated input tables: train,valid in train mode; the input table otherwise",
     "outputs": "output table written by predict",
@@ -189,6 +192,8 @@ _HELP = {
     "use_amp": "mixed precision: bf16 autocast (fp16 + loss scaling on GPUs without bf16)",
     "sequence_length": "maximum text length in tokens",
     "user_defined_parameters": "application parameters, whitespace-separated key=value",
+    "host": "address serve listens on (loopback by default; another address exposes the server)",
+    "port": "TCP port serve listens on",
 }
 
 

@@ -63,7 +63,7 @@ def test_unknown_flag_without_close_match():
     [
         (["--micro_batch_size=x"], "--micro_batch_size: expected an integer, got 'x'"),
         (["--micro_batch_size=0"], "--micro_batch_size must be >= 1"),
-        (["--mode=serve"], "--mode must be one of train, evaluate, predict"),
+        (["--mode=export"], "--mode must be one of train, evaluate, predict, serve"),
         (["--epoch_num=0"], "--epoch_num must be > 0"),
         (["--warmup_proportion=1.5"], r"--warmup_proportion must be in \[0, 1\]"),
         (["--learning_rate=abc"], "--learning_rate: expected a number"),
