@@ -21,6 +21,7 @@ from easynlp_artist.models.stage1.vqgan import images_to_uint8
 from easynlp_artist.models.stage2.objective import Stage2Objective
 from easynlp_artist.models.stage2.sampling import SamplingConfig
 from easynlp_artist.progress import Progress, run_settings
+from modelzoo.extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def load_feature_extractor(path: str) -> nn.Module:
 def fid(pipe, table: TableDataset, text_column: str, image_column: str, *, extractor: nn.Module,
         sampling: SamplingConfig, seed: int, num_images: int, batch_size: int) -> float:
     """FID of images generated from the table's texts (through the pipeline) against its images."""
+    require("torchmetrics", "fid", "FID (fid_feature_extractor=)")
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     res = pipe.model.config.vqgan.resolution

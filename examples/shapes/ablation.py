@@ -96,7 +96,7 @@ def score(pipe: ArtistPipeline, prompts: Sequence[Prompt], samples: int, seed: i
     tally = Tally()
     for i, p in enumerate(prompts):
         gen = torch.Generator().manual_seed(seed * 100_003 + i)
-        out = pipe(p.text, num_images_per_prompt=samples, generator=gen, **sampling)
+        out = pipe(p.text, num_images_per_prompt=samples, generator=gen, sampling=SamplingConfig(**sampling))
         tally.hits[p.kind].append(sum(correct(img, p.colour, p.shape) for img in out.images))
     return tally
 

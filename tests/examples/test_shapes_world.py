@@ -293,7 +293,8 @@ def test_ablation_sampling_settings_parse_and_reject_unknown_keys() -> None:
     assert parse_sampling("top_k=8 temperature=0.8") == {"top_k": 8, "temperature": 0.8}
     assert describe(parse_sampling("")) == "plain sampling"
     # measured settings never fall back to a checkpoint's own defaults
-    assert explicit({"top_p": 0.9}) == {"top_k": 0, "top_p": 0.9, "temperature": 1.0, "guidance_scale": 1.0}
+    assert explicit({"top_p": 0.9}) == {"top_k": 0, "top_p": 0.9, "temperature": 1.0, "guidance_scale": 1.0,
+                                        "method": "sequential", "jacobi_window": 16, "weights": "model"}
     with pytest.raises(argparse.ArgumentTypeError, match="topp=0.9"):
         parse_sampling("topp=0.9")
     with pytest.raises(ValueError):
