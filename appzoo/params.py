@@ -122,7 +122,7 @@ def describe_params(schema: type, mode: str | None = None) -> str:
     """The help text of a parameter dataclass: every key with its type, default and help line,
     by group; with ``mode``, only the groups that apply to that mode."""
     lines = []
-    for attr, cls, title, modes in _groups(schema):
+    for _, cls, title, modes in _groups(schema):
         if mode is not None and modes and mode not in modes:
             continue
         hints = typing.get_type_hints(cls)
@@ -130,14 +130,16 @@ def describe_params(schema: type, mode: str | None = None) -> str:
         for f in dataclasses.fields(cls):
             if not f.init or dataclasses.is_dataclass(hints[f.name]):
                 continue
-            default = "required" if _required(f) else (
-                f.default_factory() if f.default is dataclasses.MISSING else f.default)
-            if isinstance(default, (tuple, list)):
-                default = ",".join(map(str, default))
-            shown = "required" if _required(f) else f"default {'none' if default is None else default}"
+            if _required(f):
+                shown = "required"
+            else:
+                default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+                if isinstance(default, (tuple, list)):
+                    default = ",".join(map(str, default))
+                shown = f"default {'none' if default is None else default}"
             rows.append(f"  {f.name}={_type_name(hints[f.name])}  ({shown})  {f.metadata.get('help', '')}".rstrip())
         if rows:
-            lines.append(f"{title or 'parameters'}:" if attr is not None or title else "parameters:")
+            lines.append(f"{title or 'parameters'}:")
             lines.extend(rows)
     return "\n".join(lines)
 
