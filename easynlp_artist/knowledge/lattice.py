@@ -401,7 +401,7 @@ def knowledge_from_lattices(
     store: EntityStore,
     *,
     text_len: int | None = None,
-    entity_num: int | None = 10,
+    entity_num: int | None = LatticeConfig.entity_num,
     priority: str = FILE_ORDER,
     stats: LatticeStats | None = None,
 ) -> KnowledgeInputs:
