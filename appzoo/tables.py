@@ -319,8 +319,9 @@ def decode_image_base64(text: str, *, file: str | os.PathLike | None = None, lin
     before decoding. With ``reduce_to`` (the size the caller resizes to), an image at least
     ``REDUCE_FACTOR`` times larger on both sides is decoded smaller where the format allows it
     (JPEG's DCT scaling) and reduced by an integer factor before colour conversion otherwise, still
-    at least ``reduce_to`` on each side; smaller images are decoded exactly as before. Every
-    failure is a TableError naming ``file``/``line``/``column``.
+    at least ``reduce_to`` on each side; smaller images are decoded exactly as before; the file's
+    own size stays in ``info["source_size"]``. Every failure is a TableError naming
+    ``file``/``line``/``column``.
     """
     payload = "".join(text.split())
     if payload.startswith("data:") and "," in payload:
@@ -349,7 +350,9 @@ def decode_image_base64(text: str, *, file: str | os.PathLike | None = None, lin
                 factor = min(img.width, img.height) // reduce_to
                 if factor >= 2:
                     img = img.reduce(factor)
-            return to_rgb(img)
+            rgb = to_rgb(img)
+            rgb.info["source_size"] = (width, height)  # the file's size, before any reduction
+            return rgb
     except TableError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

@@ -5,7 +5,7 @@ computed once and stored in a cache file keyed by the table's content and the to
 so later epochs and later runs on the same table read them back.
 
 Images are resized to the VQGAN resolution with a bicubic filter (no crop; as the original), then
-scaled to [-1, 1].
+scaled to [-1, 1]; how many were of another size is logged once per table and run.
 """
 
 from __future__ import annotations
@@ -42,11 +42,45 @@ def image_to_tensor(img: Image.Image, resolution: int) -> torch.Tensor:
     return pixels.permute(2, 0, 1).float() / 127.5 - 1.0
 
 
-def row_image(row: Row, column: str, resolution: int) -> torch.Tensor:
-    """The image in ``row[column]`` as a model input; bad base64/images name file, line and column."""
+class ResizedImages:
+    """Images of another size than the model's, counted while a table is read; :meth:`report` logs
+    one notice per table and resolution in a run (the count, the first few lines and sizes)."""
+
+    noticed: set[tuple[str, int]] = set()  # (table, resolution) already reported by this process
+    FIRST = 3
+
+    def __init__(self, path: str | os.PathLike, resolution: int) -> None:
+        self.path, self.resolution = str(path), resolution
+        self.read = self.resized = 0
+        self.first: list[tuple[int, tuple[int, int]]] = []
+
+    def add(self, line: int, size: tuple[int, int]) -> None:
+        self.read += 1
+        if size != (self.resolution, self.resolution):
+            self.resized += 1
+            if len(self.first) < self.FIRST:
+                self.first.append((line, size))
+
+    def report(self) -> None:
+        key = (self.path, self.resolution)
+        if not self.resized or key in self.noticed:
+            return
+        self.noticed.add(key)
+        first = ", ".join(f"line {n}: {w}x{h}" for n, (w, h) in self.first)
+        more = ", ..." if self.resized > len(self.first) else ""
+        logger.info("%d of %d image(s) of %s are not %dx%d, the model's size, and were resized to it "
+                    "(bicubic, no crop; %s%s)", self.resized, self.read, redact(self.path), self.resolution,
+                    self.resolution, first, more)
+
+
+def row_image(row: Row, column: str, resolution: int, resized: ResizedImages | None = None) -> torch.Tensor:
+    """The image in ``row[column]`` as a model input; bad base64/images name file, line and column.
+    Its size (the file's) is counted in ``resized``."""
     names = list(row.values)
     position = names.index(column) + 1
     img = decode_image_base64(row[column], file=row.file, line=row.line_no, column=position, reduce_to=resolution)
+    if resized is not None:
+        resized.add(row.line_no, img.info.get("source_size", img.size))
     return image_to_tensor(img, resolution)
 
 
@@ -92,10 +126,13 @@ def encode_table_images(
     """Codes (N, num_tokens) of every row's image, in table order."""
     out = torch.empty(len(table), vqgan.config.num_tokens, dtype=torch.int32)
     vqgan = vqgan.eval()
+    resized = ResizedImages(table.path, vqgan.config.resolution)
     for start in range(0, len(table), batch_size):
         stop = min(start + batch_size, len(table))
-        images = torch.stack([row_image(table.row(i), column, vqgan.config.resolution) for i in range(start, stop)])
+        images = torch.stack([row_image(table.row(i), column, vqgan.config.resolution, resized)
+                              for i in range(start, stop)])
         out[start:stop] = vqgan.encode(images.to(device)).to("cpu", torch.int32)
+    resized.report()
     return out
 
 
@@ -197,16 +234,22 @@ class Stage2Collate:
 
 
 class ImageDataset:
-    """Row i → image tensor (3, R, R), for stage-1 training and reconstruction metrics."""
+    """Row i → image tensor (3, R, R), for stage-1 training and reconstruction metrics. Images of
+    another size are counted over the first ``len(self)`` reads (an epoch), then reported once."""
 
     def __init__(self, table: TableDataset, column: str, resolution: int) -> None:
         self.table, self.column, self.resolution = table, column, resolution
+        self.resized = ResizedImages(table.path, resolution)
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return row_image(self.table.row(i), self.column, self.resolution)
+        counting = self.resized.read < len(self)
+        image = row_image(self.table.row(i), self.column, self.resolution, self.resized if counting else None)
+        if counting and self.resized.read == len(self):
+            self.resized.report()
+        return image
 
 
 def stack_images(items: list[torch.Tensor]) -> dict:

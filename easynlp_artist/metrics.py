@@ -62,6 +62,7 @@ def reconstruction(vqgan, dataset: ImageDataset, batch_size: int, device) -> dic
             squared += float((recon - truth).pow(2).sum())
             pixels += truth.numel()
             progress.update(len(images), len(images))
+    dataset.resized.report()  # this process's shard, when an epoch was not read whole
     squared, pixels, psnr_sum, *used_by_code = all_reduce_sum([squared, pixels, psnr_sum, *used.tolist()])
     return {
         "reconstruction_psnr": psnr_sum / len(dataset),
