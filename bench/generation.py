@@ -195,6 +195,12 @@ def prompts(cfg: GPTConfig, batch: int, generator: torch.Generator) -> torch.Ten
     return torch.randint(1, cfg.text_vocab_size, (batch, cfg.text_len), generator=generator)
 
 
+def generate(model: ArtistModel, text: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes sampled with the KV cache, then decoded by the VQGAN: what one pipeline call costs."""
+    codes = sample_image_tokens(model.gpt, text, **kwargs)
+    return model.vqgan.decode(codes), codes
+
+
 def decode_gflops(model: ArtistModel, rows: int, probe: MatmulProbe, generator: torch.Generator,
                   probe_every: int) -> tuple[float, float, float]:
     """Run the GPT's cached decode over every image position at ``rows`` rows; matmul samples are
@@ -236,7 +242,7 @@ def run(args: argparse.Namespace) -> None:
         probe.sample(3)
         # warm-up: a couple of steps of each sampler and one decode (kernel selection, allocator)
         prefix = torch.randint(0, gcfg.img_vocab_size, (1, gcfg.img_len - 2), generator=gen)
-        model.generate(prompts(gcfg, 1, gen), image_prefix=prefix, generator=gen)
+        generate(model, prompts(gcfg, 1, gen), image_prefix=prefix, generator=gen)
         sample_image_tokens(model.gpt, prompts(gcfg, 1, gen), image_prefix=prefix, use_cache=False,
                             generator=gen)
 
@@ -248,7 +254,7 @@ def run(args: argparse.Namespace) -> None:
         del cache
         guided = SamplingConfig(guidance_scale=args.guidance_scale)
         text = prompts(gcfg, big, gen)
-        t_guided, _ = timed(lambda: model.generate(text, sampling=guided, generator=gen))
+        t_guided, _ = timed(lambda: generate(model, text, sampling=guided, generator=gen))
         rss = peak_rss_gb()
         probe.sample(3)
         progress(f"batch {big} guided: {t_guided:.1f} s, peak RSS {rss:.2f} GB")
@@ -256,7 +262,7 @@ def run(args: argparse.Namespace) -> None:
         rows = []
         for batch in args.batches:
             text = prompts(gcfg, batch, gen)
-            t_cached, (_, codes) = timed(lambda t=text: model.generate(t, generator=gen))
+            t_cached, (_, codes) = timed(lambda t=text: generate(model, t, generator=gen))
             probe.sample(3)
             t_decode, _ = timed(lambda c=codes: model.vqgan.decode(c))
             progress(f"batch {batch}: cached {t_cached:.1f} s, VQGAN decode {t_decode:.1f} s")

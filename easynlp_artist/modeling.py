@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,12 +26,10 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from easynlp_artist.configuration import ArtistConfig
-from easynlp_artist.knowledge.batch import KnowledgeInputs
 from easynlp_artist.models.stage1.convert import load_taming_state_dict, to_taming_state_dict
 from easynlp_artist.models.stage1.vqgan import VQGAN, VQGANConfig
 from easynlp_artist.models.stage2.convert import convert_original, to_original
 from easynlp_artist.models.stage2.gpt import ArtistGPT
-from easynlp_artist.models.stage2.sampling import SamplingConfig, sample_image_tokens
 from easynlp_artist.models.state_dicts import (
     load_weights_only,
     mismatches,
@@ -103,40 +100,6 @@ class ArtistModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.gpt.pos_emb.dtype
-
-    # ---- generation ------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def generate(
-        self,
-        text_ids: torch.Tensor,
-        knowledge: KnowledgeInputs | None = None,
-        *,
-        num_images_per_prompt: int = 1,
-        sampling: SamplingConfig | None = None,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        image_prefix: torch.Tensor | None = None,
-        negative_text_ids: torch.Tensor | None = None,
-        negative_knowledge: KnowledgeInputs | None = None,
-        callback: Callable[[int, torch.Tensor], None] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample codes and decode them in one batch: images (N, 3, H, W) in [-1, 1], codes (N, img_len).
-        ``negative_*`` and ``callback``: see :func:`sample_image_tokens`."""
-        text_ids = text_ids.to(self.device)
-        if knowledge is not None:
-            knowledge = knowledge.to(self.device, self.dtype)
-        if negative_text_ids is not None:
-            negative_text_ids = negative_text_ids.to(self.device)
-        if negative_knowledge is not None:
-            negative_knowledge = negative_knowledge.to(self.device, self.dtype)
-        if image_prefix is not None:
-            image_prefix = image_prefix.to(self.device)
-        codes = sample_image_tokens(
-            self.gpt, text_ids, knowledge, num_images_per_prompt=num_images_per_prompt,
-            sampling=sampling, generator=generator, image_prefix=image_prefix,
-            negative_text_ids=negative_text_ids, negative_knowledge=negative_knowledge, callback=callback,
-        )
-        return self.vqgan.decode(codes).float(), codes
 
     # ---- checkpoints -----------------------------------------------------------------------------
 

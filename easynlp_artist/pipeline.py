@@ -31,7 +31,7 @@ from easynlp_artist.knowledge.entities import ENTITY2ID_FILE, ENTITY2VEC_FILE, S
 from easynlp_artist.knowledge.lattice import Lattice, LatticeBuilder, LatticeConfig, knowledge_from_lattices
 from easynlp_artist.modeling import CONFIG_FILE, ArtistModel
 from easynlp_artist.models.stage1.vqgan import images_to_uint8
-from easynlp_artist.models.stage2.sampling import SamplingConfig
+from easynlp_artist.models.stage2.sampling import SamplingConfig, sample_image_tokens
 from easynlp_artist.progress import sampling_text
 from easynlp_artist.tokenization import VOCAB_FILE, EncodedText, PromptStats, encode_texts, load_tokenizer
 from modelzoo.files import write_text_atomic
@@ -287,18 +287,18 @@ class ArtistPipeline:
         self, prompts: list[str], prompt_lattices: Sequence[Lattice] | None = None
     ) -> tuple[torch.Tensor, KnowledgeInputs | None, EncodedText]:
         text_len = self.model.config.gpt.text_len
+        knowledge = None
         if prompt_lattices is not None and self.lattice is not None:
             if len(prompt_lattices) != len(prompts):
                 raise ValueError(f"{len(prompt_lattices)} prompt_lattices for {len(prompts)} prompts")
             enc = encode_texts(self.tokenizer, prompts, text_len)
-            cfg = self.lattice.config
-            return enc.input_ids, self._for_fusion(knowledge_from_lattices(prompt_lattices, self.entities, text_len=text_len,
-                                                                           entity_num=cfg.entity_num)), enc
-        if self.lattice is not None:
+            knowledge = knowledge_from_lattices(prompt_lattices, self.entities, text_len=text_len,
+                                                entity_num=self.lattice.config.entity_num)
+        elif self.lattice is not None:
             enc, knowledge, _ = self.lattice.build(prompts)
-            return enc.input_ids, self._for_fusion(knowledge), enc
-        enc = encode_texts(self.tokenizer, prompts, text_len)
-        return enc.input_ids, None, enc
+        else:
+            enc = encode_texts(self.tokenizer, prompts, text_len)
+        return enc.input_ids, None if knowledge is None else self._for_fusion(knowledge), enc
 
     def _encode_with_negative(
         self, prompts: list[str], negatives: list[str] | None, prompt_lattices: Sequence[Lattice] | None
@@ -319,6 +319,12 @@ class ArtistPipeline:
         if knowledge is None:
             return ids[:B], None, ids[B:], None
         return ids[:B], knowledge.index_select(first), ids[B:], knowledge.index_select(second)
+
+    def on_model(self, x: torch.Tensor | KnowledgeInputs | None):
+        """Token ids or codes moved to the model's device; knowledge to its device and dtype."""
+        if x is None:
+            return None
+        return x.to(self.device) if isinstance(x, torch.Tensor) else x.to(self.device, self.dtype)
 
     def _for_fusion(self, knowledge: KnowledgeInputs) -> KnowledgeInputs:
         """The release's fusion ("output") sees ``entity_num`` slots and row 0 of the table ("nothing")."""
@@ -388,7 +394,8 @@ class ArtistPipeline:
             logger.warning("negative_prompt is used only with guidance (guidance_scale > 1); it is ignored here")
             negatives = None
         empty = self.prompt_stats.empty
-        text_ids, knowledge, negative_ids, negative_knowledge = self._encode_with_negative(prompts, negatives, prompt_lattices)
+        text_ids, knowledge, negative_ids, negative_knowledge = (
+            self.on_model(t) for t in self._encode_with_negative(prompts, negatives, prompt_lattices))
         if self.prompt_stats.empty > empty:
             warnings.warn("an empty prompt (no token the model reads) generates the unconditional image", stacklevel=2)
         img_len = self.model.config.gpt.img_len
@@ -401,13 +408,15 @@ class ArtistPipeline:
                 callback_on_step_end(self, step, codes[:, : step + 1].clone())
 
         try:
-            images, codes = self.model.generate(
-                text_ids, knowledge, num_images_per_prompt=num_images_per_prompt, sampling=sampling,
-                generator=generator, image_prefix=image_prompt_codes, negative_text_ids=negative_ids,
-                negative_knowledge=negative_knowledge, callback=on_step,
+            codes = sample_image_tokens(
+                self.model.gpt, text_ids, knowledge, num_images_per_prompt=num_images_per_prompt, sampling=sampling,
+                generator=generator, negative_text_ids=negative_ids, negative_knowledge=negative_knowledge,
+                image_prefix=self.on_model(image_prompt_codes),
+                callback=on_step,
             )
         finally:
             bar.close()
+        images = self.model.vqgan.decode(codes).float()  # (N, 3, H, W) in [-1, 1]
         if output_type == "pt":
             out = ArtistPipelineOutput(((images.float().clamp(-1, 1) + 1) / 2).cpu(), codes)
         else:
