@@ -150,8 +150,12 @@ def load_pipeline(args: CommonArgs, params: ArtistParams, device: torch.device) 
         pipe.model.gpt.config = gpt_cfg
     if params.model.num_threads is None and args.mode != "train":  # training keeps torch's (all cores)
         set_default_threads(pipe.model)
-    dtype = getattr(torch, params.model.dtype) if args.mode != "train" else None
-    return pipe.to(device, dtype)
+    if args.mode == "train":
+        return pipe.to(device)
+    pipe.to(device, getattr(torch, params.model.dtype))
+    if params.model.vqgan_dtype is not None:
+        pipe.model.vqgan.to(dtype=getattr(torch, params.model.vqgan_dtype))
+    return pipe
 
 
 def default_cache_dir() -> Path:

@@ -28,6 +28,8 @@ class ModelParams:
     pretrain_model_name_or_path: str | None = param(
         None, "a ModelZoo name, URI or folder: the model to fine-tune (train) or to use (evaluate/predict)")
     dtype: Literal["float32", "bfloat16"] = param("float32", "evaluate/predict weights (bfloat16: CPUs with AMX, GPUs)")
+    vqgan_dtype: Literal["float32", "bfloat16"] | None = param(
+        None, "the image decoder's weights when they should differ from dtype (bfloat16: CPUs with AMX, GPUs)")
     num_threads: int | None = param(
         None, "torch threads per process (default: 1 below 30M parameters, else the free cores; training: torch's)")
     tune_allocator: bool = param(True, "keep freed memory in the process (easynlp_artist.runtime)")
