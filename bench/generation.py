@@ -3,7 +3,7 @@
 Measures, in one process and under the same load:
 
 * images/s end to end (image-token sampling + VQGAN decode) at each ``--batches`` size, for
-  ``ArtistModel.generate`` (KV cache) and for the original algorithm, the full-recompute sampler
+  ``generate`` below (KV-cache sampler + decode, what a pipeline call runs) and for the original algorithm, the full-recompute sampler
   (``sample_image_tokens(..., use_cache=False)``: the whole sequence is re-run for every new token)
   followed by the same VQGAN decode. The full recompute is timed twice: as released (logits at
   every position, :class:`ReleasedForward`) and leaner (the head on the last position only, the
