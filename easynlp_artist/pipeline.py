@@ -343,6 +343,7 @@ class ArtistPipeline:
         guidance_scale: float | None = None,
         method: str | None = None,
         jacobi_window: int | None = None,
+        weights: str | None = None,
         negative_prompt: str | list[str] | None = None,
         sampling: SamplingConfig | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -372,7 +373,8 @@ class ArtistPipeline:
         Sampling arguments left at None take the model's defaults, ``pipe.sampling`` (plain
         sampling unless the checkpoint's generation_config.json says otherwise); ``top_k=0`` /
         ``top_p=1.0`` switch a default filter off. ``method`` (``"sequential"`` or ``"jacobi"``) and
-        ``jacobi_window``: how the codes are drawn (see ``SamplingConfig``). ``sampling``: a whole
+        ``jacobi_window``: how the codes are drawn; ``weights`` (``"model"`` or ``"int8"``): which form
+        of the GPT's weights decodes them (see ``SamplingConfig``). ``sampling``: a whole
         ``SamplingConfig`` used instead of ``pipe.sampling`` under the arguments given (the app passes
         its effective settings this way).
         """
@@ -388,7 +390,7 @@ class ArtistPipeline:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         sampling = (sampling or self.sampling).updated(
             top_k=top_k, top_p=top_p, temperature=temperature, guidance_scale=guidance_scale,
-            method=method, jacobi_window=jacobi_window,
+            method=method, jacobi_window=jacobi_window, weights=weights,
         )
         if negatives is not None and sampling.guidance_scale == 1.0:
             logger.warning("negative_prompt is used only with guidance (guidance_scale > 1); it is ignored here")

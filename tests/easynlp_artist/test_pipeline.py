@@ -98,3 +98,18 @@ def test_sampling_defaults_travel_with_the_checkpoint(tmp_path):
     (tmp_path / "ckpt" / "generation_config.json").write_text('{"top_k": 2, "topp": 0.9}', encoding="utf-8")
     with pytest.raises(ValueError, match=r"generation_config.json: unknown sampling fields: topp"):
         ArtistPipeline.from_pretrained(tmp_path / "ckpt")
+
+
+def test_weights_argument_decodes_with_int8_weights_like_the_sampler(tmp_path):
+    from easynlp_artist.models.stage2.sampling import SamplingConfig, sample_image_tokens
+
+    pipe = ArtistPipeline.from_pretrained("artist-shapes-tiny-zh")
+    prompts = ["一个红色的圆形", "白色背景上的番茄", "一个海王星"]
+    got = pipe(prompts, weights="int8", generator=torch.Generator().manual_seed(4)).codes
+    ids, know = pipe.encode_prompts(prompts)
+    expected = sample_image_tokens(pipe.model.gpt, ids, know, sampling=pipe.sampling.updated(weights="int8"),
+                                   generator=torch.Generator().manual_seed(4))
+    assert torch.equal(got, expected)
+    plain = pipe(prompts, generator=torch.Generator().manual_seed(4)).codes
+    assert not torch.equal(got, plain)  # the int8 form really decoded them
+    assert SamplingConfig().weights == "model"
