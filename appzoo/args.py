@@ -84,6 +84,7 @@ class CommonArgs(TrainingArguments):
     worker_count: int = 1
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
+    peer_timeout: float = 60.0
     sequence_length: int = 16
     user_defined_parameters: str = ""
     host: str = "127.0.0.1"
@@ -96,6 +97,8 @@ class CommonArgs(TrainingArguments):
         for name in ("worker_gpu", "worker_count", "sequence_length"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if not self.peer_timeout > 0:
+            raise UsageError(f"--peer_timeout must be > 0, got {self.peer_timeout}")
         for name in ("master_port", "port"):
             if not 0 < getattr(self, name) < 65536:
                 raise UsageError(f"--{name} must be in 1..65535, got {getattr(self, name)}")
@@ -189,6 +192,8 @@ _HELP = {
     "worker_count": "number of machines",
     "master_addr": "address of the machine with node rank 0 (several machines)",
     "master_port": "port on master_addr (several machines)",
+    "peer_timeout": "seconds without a heartbeat from another process or machine after which the run stops, "
+                    "naming it (several processes)",
     "use_amp": "mixed precision: bf16 autocast (fp16 + loss scaling on GPUs without bf16)",
     "sequence_length": "maximum text length in tokens",
     "user_defined_parameters": "application parameters, whitespace-separated key=value",

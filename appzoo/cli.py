@@ -149,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from appzoo.launch import needs_relaunch, relaunch
 
         if needs_relaunch(args):
+            if debug:  # the processes torchrun starts show their tracebacks too
+                os.environ["EASYNLP_DEBUG"] = "1"
             return relaunch(argv, args)
     except (UsageError, AppNotFoundError, ValueError, ModelZooError) as exc:
         if debug:
@@ -158,14 +160,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(app_cls, args: CommonArgs, params, debug: bool = False) -> int:
-    from appzoo.distributed import cleanup_distributed, init_distributed
+    from appzoo.distributed import cleanup_distributed, init_distributed, lost_peer_error
 
     _configure_logging()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        info = init_distributed()
+        info = init_distributed(peer_timeout=args.peer_timeout)
         try:
             result = app_cls().run(args, params)
+        except RuntimeError as exc:  # a collective failed because another process went away
+            lost = None if debug or isinstance(exc, RunError) else lost_peer_error(exc)
+            if lost is None:
+                raise
+            raise lost from None
         finally:
             cleanup_distributed()
     except KeyboardInterrupt:

@@ -2,16 +2,28 @@
 
 Inside a torchrun process (``WORLD_SIZE`` > 1) :func:`init_distributed` starts the process group:
 NCCL when CUDA is available, gloo on CPU. Outside torchrun everything works as one process.
+
+A lost process or machine is found by a heartbeat, not by the collectives: a machine that stops
+answering (powered off, frozen, cut off) leaves the others blocked in a collective for the backend's
+timeout (gloo: 30 minutes), and torchrun's agents only watch their own machine's processes. Every
+process bumps a counter in the launcher's store (the TCPStore of the agent on node 0) and watches the
+others'; one that has not moved for ``peer_timeout`` seconds stops the run with one line naming that
+rank and node. A process whose own launcher died stops too, so its peers see it go at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import glob
 import logging
 import os
 import secrets
+import signal
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +34,7 @@ import torch.distributed as dist
 
 from appzoo.errors import RunError
 from appzoo.tables import AtomicWriter, Row, check_cell
+from modelzoo.files import env_bool
 from modelzoo.storage import is_remote, local_path
 
 logger = logging.getLogger("appzoo.distributed")
@@ -58,8 +71,10 @@ def device_for_rank() -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(timeout: timedelta | None = None) -> DistInfo:
-    """Start the process group when launched with ``WORLD_SIZE`` > 1 (idempotent)."""
+def init_distributed(timeout: timedelta | None = None, peer_timeout: float | None = None) -> DistInfo:
+    """Start the process group when launched with ``WORLD_SIZE`` > 1 (idempotent); with
+    ``peer_timeout`` (seconds) also the heartbeat that stops the run when another process is lost."""
+    global _heartbeat
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = device_for_rank()
     if world > 1 and not dist.is_initialized():
@@ -68,12 +83,132 @@ def init_distributed(timeout: timedelta | None = None) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {} if timeout is None else {"timeout": timeout}
         dist.init_process_group(backend=backend, **kwargs)
+        if peer_timeout is not None and "MASTER_ADDR" in os.environ:
+            _heartbeat = _Heartbeat(dist.get_rank(), world, peer_timeout)
+            _heartbeat.start()
     return DistInfo(get_rank(), get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), device)
 
 
 def cleanup_distributed() -> None:
+    global _heartbeat
+    if _heartbeat is not None:
+        _heartbeat.finish()
+        _heartbeat = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def node_of(rank: int) -> int:
+    """The machine (torchrun's node rank) of a global rank: ranks are numbered node by node."""
+    return rank // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+_FINISHED = 1 << 40  # added to a rank's heartbeat counter when it leaves cleanly: no longer watched
+
+
+class _Heartbeat(threading.Thread):
+    """Bumps this rank's counter in the run's store every ``interval`` seconds and watches the
+    others'; see the module docstring. On a loss it prints one line and ends the process (exit 1):
+    the main thread may be blocked inside a collective that nothing can interrupt."""
+
+    def __init__(self, rank: int, world: int, timeout: float):
+        super().__init__(name="appzoo-heartbeat", daemon=True)
+        self.rank, self.world, self.timeout = rank, world, timeout
+        self.interval = min(1.0, timeout / 10)
+        self.address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        run = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        self.keys = [f"appzoo/heartbeat/{run}/{r}" for r in range(world)]
+        self.parent = os.getppid()
+        self.store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                   timeout=timedelta(seconds=timeout), wait_for_workers=False)
+        self.counts: list[int] = [-1] * world
+        self.seen = [time.monotonic()] * world
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            try:
+                self.store.add(self.keys[self.rank], 1)
+                counts = [self.store.add(key, 0) for key in self.keys]
+            except RuntimeError as exc:  # torch's DistStoreError/DistNetworkError: the store host is gone
+                if self.stopping.is_set():
+                    return
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                self._lose(f"lost contact with the run's store at {self.address} (node 0): {reason}")
+            now = time.monotonic()
+            with self.lock:
+                for r, count in enumerate(counts):
+                    if count != self.counts[r]:
+                        self.counts[r], self.seen[r] = count, now
+            stale = self.silent(now - self.timeout)
+            if stale and not self.stopping.is_set():
+                self._lose(f"lost contact with {_ranks(stale)}: no heartbeat for {self.timeout:g} s (--peer_timeout)")
+            if os.getppid() != self.parent and not self.stopping.is_set():
+                self._lose(f"the launcher of rank {self.rank} (torchrun, pid {self.parent}) is gone")
+
+    def silent(self, since: float) -> list[int]:
+        """Ranks still running whose counter has not moved since the monotonic time ``since``."""
+        with self.lock:
+            return [r for r in range(self.world) if r != self.rank and self.counts[r] < _FINISHED
+                    and self.seen[r] < since]
+
+    def finish(self) -> None:
+        """This rank leaves cleanly: stop beating and tell the others to stop watching it."""
+        self.stopping.set()
+        self.join(timeout=5 * self.interval)
+        with contextlib.suppress(RuntimeError):
+            self.store.add(self.keys[self.rank], _FINISHED)
+
+    def _lose(self, reason: str) -> None:
+        print(f"easynlp: error: {reason}; stopping rank {self.rank}", file=sys.stderr, flush=True)
+        if env_bool("EASYNLP_DEBUG"):
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        os._exit(1)
+
+
+_heartbeat: _Heartbeat | None = None
+
+
+def _ranks(ranks: Sequence[int]) -> str:
+    return ", ".join(f"rank {r} (node {node_of(r)})" for r in ranks)
+
+
+class LostPeerError(RunError):
+    """A collective failed because another process (or machine) went away."""
+
+
+def lost_peer_error(exc: BaseException) -> LostPeerError | None:
+    """The error for a collective that failed because another process went away, naming the ranks
+    whose heartbeat stopped (waits up to four heartbeats for them); ``None`` for other errors."""
+    if not isinstance(exc, RuntimeError) or not is_distributed():
+        return None
+    text = str(exc)
+    signs = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Connection refused",
+             "Timed out", "timed out", "Socket Timeout")
+    if not any(sign in text for sign in signs):
+        return None
+    reason = next((sign for sign in signs if sign in text), "")
+    heartbeat = _heartbeat
+    if heartbeat is None:
+        return LostPeerError(f"lost contact with another process during a collective operation ({reason})")
+    # the agent stops the other local processes with SIGTERM as soon as one died: ignore it for the
+    # moment it takes to find the lost rank, so that the one line below is what this process says
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        # a counter is read once per heartbeat, so the lost rank's last beat may be seen up to one
+        # heartbeat after the failure; the live ones beat again within the next
+        start = time.monotonic()
+        since = start + 1.5 * heartbeat.interval
+        silent = heartbeat.silent(since)
+        while silent and time.monotonic() < start + 4 * heartbeat.interval:
+            time.sleep(heartbeat.interval / 4)
+            silent = heartbeat.silent(since)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    who = _ranks(silent) if silent else "another process"
+    return LostPeerError(f"lost contact with {who} during a collective operation ({reason}); "
+                         f"stopping rank {heartbeat.rank}")
 
 
 def barrier() -> None:
