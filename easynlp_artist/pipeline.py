@@ -216,6 +216,23 @@ class ArtistPipeline:
             write_text_atomic(out / GENERATION_CONFIG_FILE, json.dumps(self.sampling.to_dict(), indent=2) + "\n")
         return out
 
+    # ---- editing knowledge ------------------------------------------------------------------------
+
+    def add_entities(self, triples, *, skip_first_line: bool = False) -> list[str]:
+        """Teach the model new entities from their facts, no images and no training: ``triples`` is a
+        ``head<TAB>relation<TAB>tail`` file or a list of ``(head, relation, tail)``; each new entity's
+        vector is derived in the trained TransE space (:mod:`.knowledge.extend`). The entity store and
+        the matcher change in place; ``save_pretrained`` keeps them. Returns the new names."""
+        from .knowledge.extend import add_entities
+
+        return add_entities(self, triples, skip_first_line=skip_first_line)
+
+    def remove_entities(self, names: Sequence[str]) -> None:
+        """Forget entities by name (the matcher no longer finds them)."""
+        from .knowledge.extend import remove_entities
+
+        remove_entities(self, names)
+
     def to(self, device=None, dtype: torch.dtype | None = None) -> ArtistPipeline:
         self.model.to(device=device, dtype=dtype)
         return self

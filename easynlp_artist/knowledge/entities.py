@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from modelzoo.files import atomic_path
 
 from .errors import EntityFileError
+from .relations import RelationSpace
 
 ENTITY2ID_FILE = "entity2id.txt"
 ENTITY2VEC_FILE = "entity2vec.pt"
@@ -108,6 +109,7 @@ class EntityStore:
         *,
         source: str | None = None,
         vectors_only: bool = False,
+        relations: RelationSpace | None = None,
         _checked: bool = False,
     ) -> None:
         if not _checked:
@@ -118,6 +120,8 @@ class EntityStore:
         self.ids: list[int] = list(ids)
         self.vectors: torch.Tensor = vectors  # (N, D) float32
         self.source = source
+        # the TransE relations and score the vectors were trained with: what adding entities needs
+        self.relations = relations
         self._id_of: dict[str, int] | None = None
         self._name_of: dict[int, str] | None = None
         # vectors without names (an entity2vec.pt alone): every row is an id, for preprocessed tables
@@ -219,6 +223,8 @@ class EntityStore:
                 f.write(f"{name}\t{i}\n")
         with atomic_path(vec_path) as tmp:
             torch.save(self.vectors.clone(), tmp)
+        if self.relations is not None:
+            self.relations.save_easynlp(out_dir)
         return id_path, vec_path
 
     # ---- our format ---------------------------------------------------------------------------------
@@ -270,9 +276,21 @@ class EntityStore:
         with atomic_path(os.path.join(path, NAMES_FILE)) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
             for name in self.names:
                 f.write(name + "\n")
+        if self.relations is not None:
+            self.relations.save(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, entity_map: str | os.PathLike | None = None) -> EntityStore:
+        """Open either format (see :meth:`_load`), with the relation vectors stored beside it, if any."""
+        store = cls._load(path, entity_map)
+        path = os.fspath(path)
+        store.relations = RelationSpace.load(path if os.path.isdir(path) else os.path.dirname(path) or ".")
+        if store.relations is not None and store.relations.dim != store.dim:
+            raise EntityFileError(f"relation vectors have width {store.relations.dim}, entity vectors {store.dim}", path)
+        return store
+
+    @classmethod
+    def _load(cls, path: str | os.PathLike, entity_map: str | os.PathLike | None = None) -> EntityStore:
         """Open either format.
 
         ``path`` is our directory, a directory holding ``entity2id.txt`` + ``entity2vec.pt``, or the
@@ -293,7 +311,7 @@ class EntityStore:
         if os.path.isfile(os.path.join(path, ENTITY2ID_FILE)):
             return cls.from_easynlp(os.path.join(path, ENTITY2ID_FILE), os.path.join(path, ENTITY2VEC_FILE))
         if os.path.isfile(os.path.join(path, ENTITY2VEC_FILE)):
-            return cls.load(os.path.join(path, ENTITY2VEC_FILE))
+            return cls._load(os.path.join(path, ENTITY2VEC_FILE))
         raise FileNotFoundError(
             f"{path}: no {SAFETENSORS_FILE} or {ENTITY2ID_FILE} there (pass entity_map= for an entity2vec.pt file)"
         )

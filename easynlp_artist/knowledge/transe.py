@@ -5,7 +5,9 @@ A share ``test_ratio`` of the triples is held out (PyKEEN's split keeps every en
 part) and used for filtered link prediction: MRR and Hits@10 over head and tail prediction, reported
 next to the expectation of a uniformly random ranking over the N entities (MRR ``H_N / N``, Hits@10
 ``10 / N``). Output directory: ``entity2id.txt`` + ``entity2vec.pt`` (EasyNLP format) and
-``entities.safetensors`` + ``entity_names.txt`` (ours), see :mod:`.entities`, plus ``metrics.json``.
+``entities.safetensors`` + ``entity_names.txt`` (ours), see :mod:`.entities`, the relation vectors and
+the score settings in both formats (:mod:`.relations`: what adding entities later needs, see
+:mod:`.extend`), plus ``metrics.json``.
 Entity ids are PyKEEN's (entity names in sorted order). Everything runs locally: nothing is downloaded.
 
 CLI::
@@ -31,6 +33,7 @@ from modelzoo.files import atomic_path
 
 from .entities import EntityStore
 from .errors import KnowledgeFileError
+from .relations import RelationSpace
 
 METRICS_FILE = "metrics.json"
 
@@ -116,7 +119,7 @@ def train_transe(
             training=training,
             testing=testing,
             model="TransE",
-            model_kwargs={"embedding_dim": cfg.dim},
+            model_kwargs={"embedding_dim": cfg.dim, "scoring_fct_norm": 1},  # L1, as RelationSpace says below
             optimizer="Adam",
             optimizer_kwargs={"lr": cfg.learning_rate},
             training_loop="sLCWA",
@@ -132,8 +135,12 @@ def train_transe(
     final = fit(factory, test) if cfg.refit_on_all else result
     with torch.no_grad():
         vectors = final.model.entity_representations[0](indices=None).detach().cpu().float()  # (N, D)
+        relation_vectors = final.model.relation_representations[0](indices=None).detach().cpu().float()  # (R, D)
     names = sorted(factory.entity_to_id, key=factory.entity_to_id.__getitem__)
-    store = EntityStore(names, [factory.entity_to_id[n] for n in names], vectors, source="transe")
+    relation_names = sorted(factory.relation_to_id, key=factory.relation_to_id.__getitem__)
+    # PyKEEN's TransE defaults, which fit() keeps: L1 distance, not squared; unit-length entity vectors
+    relations = RelationSpace(relation_names, relation_vectors, scoring_norm=1, squared=False, entity_norm="unit")
+    store = EntityStore(names, [factory.entity_to_id[n] for n in names], vectors, source="transe", relations=relations)
     random_mrr, random_hits = random_ranking_metrics(factory.num_entities)
     return store, TransEMetrics(
         num_entities=factory.num_entities,

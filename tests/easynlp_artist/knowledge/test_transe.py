@@ -5,6 +5,7 @@ import torch
 
 from easynlp_artist.knowledge.entities import EntityStore
 from easynlp_artist.knowledge.errors import KnowledgeFileError
+from easynlp_artist.knowledge.relations import RelationSpace
 from easynlp_artist.knowledge.transe import TransEConfig, main, read_triples, train_transe_files
 
 
@@ -32,6 +33,13 @@ def test_transe_learns_a_tiny_graph_and_writes_both_formats(tmp_path):
     assert sorted(orig.names) == sorted({f"国家{c}" for c in range(8)} | {f"城市{c}_{k}" for c in range(8) for k in range(4)})
     assert orig.names == ours.names and orig.ids == ours.ids and torch.equal(orig.vectors, ours.vectors)
     assert orig.vectors.shape == (n, 16) and torch.isfinite(orig.vectors).all()
+    # what extension needs, in both formats: relation vectors and the score they were trained with
+    rel = RelationSpace.load(tmp_path / "out")
+    easy = RelationSpace._load_easynlp(str(tmp_path / "out"))
+    assert rel.names == easy.names == ["has_city", "located_in"] and torch.equal(rel.vectors, easy.vectors)
+    assert (rel.scoring_norm, rel.squared, rel.entity_norm) == (easy.scoring_norm, easy.squared, easy.entity_norm) == (1, False, "unit")
+    assert torch.allclose(ours.vectors.norm(dim=1), torch.ones(n), atol=1e-4)  # PyKEEN's unit-length entities
+    assert EntityStore.load(tmp_path / "out").relations.names == rel.names
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved["mrr"] == pytest.approx(metrics.mrr)
 
