@@ -142,6 +142,12 @@ def load_pipeline(args: CommonArgs, params: ArtistParams, device: torch.device) 
         if store is not None and not pipe.model.config.knowledge:
             raise ValueError("entity_emb_path is given but the model has no knowledge part (entity_dim=None)")
     _check_sizes(pipe.model.config, params.sizes)
+    extra = params.knowledge.extra_triples
+    if extra is not None:
+        if not os.path.isfile(extra):
+            raise FileNotFoundError(f"extra_triples={extra}: no such file")
+        added = pipe.add_entities(extra)
+        logger.info("added %d entities from %s: %s", len(added), extra, ", ".join(added[:10]))
     given = {k: v for k, v in (("caption_dropout", params.training.caption_dropout),
                                ("knowledge_fusion", params.knowledge.knowledge_fusion)) if v is not None}
     if given:

@@ -93,6 +93,8 @@ class KnowledgeParams:
     use_jieba_filter: bool | None = param(None, "drop matches that cut through jieba words (default false)")
     knowledge_fusion: Literal["input", "output"] | None = param(
         None, "where entities are fused: input (per token) or output (EasyNLP's release) (default: the model's)")
+    extra_triples: str | None = param(
+        None, "triples (head<TAB>relation<TAB>tail) teaching the loaded model new entities (knowledge.extend)")
 
     def __post_init__(self) -> None:
         if self.entity_num is not None and self.entity_num < 0:
@@ -154,6 +156,8 @@ class ServeParams:
     """The server's limits (--mode=serve; --host/--port are flags)."""
 
     api_key: str | None = param(None, "bearer token clients must send (default: $ARTIST_API_KEY; none: no auth)")
+    admin_key: str | None = param(
+        None, "bearer token for editing knowledge (POST/DELETE /v1/entities) (default: $ARTIST_ADMIN_KEY; none: off)")
     max_queue: int = param(64, "requests waiting to join the batch; one more gets 429")
     max_batch_rows: int = param(32, "rows decoded together (a guided image takes two)")
     request_timeout: float = param(300.0, "seconds a request may wait and run")

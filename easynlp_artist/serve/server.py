@@ -6,6 +6,9 @@ FastAPI + uvicorn around the continuous-batching :class:`~easynlp_artist.serve.e
   ``response_format``, ``model``, ``user``) plus ``seed``, ``negative_prompt``, ``guidance_scale``,
   ``top_k``, ``top_p``, ``temperature``; ``stream: true`` with ``partial_images`` gives the OpenAI
   server-sent events ``image_generation.partial_image`` and ``image_generation.completed``;
+* ``POST /v1/entities`` (``{"triples": [[head, relation, tail], ...]}``) teaches the model new
+  entities from their facts, ``DELETE /v1/entities/{name}`` forgets one (:mod:`..knowledge.extend`);
+  both only with the admin key (``admin_key``), which is separate from the API key;
 * ``GET /v1/models``, ``/health`` (alive), ``/ready`` (model loaded), ``/metrics`` (Prometheus);
 * ``GET /`` — the web page (``page.py``).
 
@@ -59,6 +62,8 @@ from easynlp_artist.serve.page import PAGE
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "ARTIST_API_KEY"
+ADMIN_KEY_ENV = "ARTIST_ADMIN_KEY"
+MAX_TRIPLES = 1000  # facts one POST /v1/entities may carry
 
 
 @dataclass
@@ -66,6 +71,7 @@ class ServerSettings:
     """What the server needs besides the model (from ``ServeParams``, parsed once in the app)."""
 
     api_key: str | None = None
+    admin_key: str | None = None  # editing knowledge over HTTP; None: off
     max_queue: int = 64
     max_batch_rows: int = 32
     request_timeout: float = 300.0
@@ -73,7 +79,7 @@ class ServerSettings:
     max_prompt_chars: int = 512
 
     def __repr__(self) -> str:  # the key never reaches a log line
-        shown = {k: ("***" if k == "api_key" and v else v) for k, v in self.__dict__.items()}
+        shown = {k: ("***" if k.endswith("_key") and v else v) for k, v in self.__dict__.items()}
         return f"ServerSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
@@ -98,6 +104,15 @@ class GenerationBody(BaseModel):
     top_k: int | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     temperature: float | None = Field(None, gt=0.0)
+
+
+class EntitiesBody(BaseModel):
+    """New entities as their facts: each ``[head, relation, tail]`` links one new entity to known
+    entities (or to another new one of the same request) by a known relation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    triples: list[tuple[str, str, str]] = Field(min_length=1, max_length=MAX_TRIPLES)
 
 
 def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
@@ -178,16 +193,22 @@ def create_app(load: Callable[[], Any], settings: ServerSettings, model_name: st
             return error(413, f"request body of {length} bytes exceeds max_body_bytes={settings.max_body_bytes}")
         return await call_next(request)
 
-    def unauthorized(request: Request) -> JSONResponse | None:
-        if not settings.api_key:
+    def unauthorized(request: Request, key: str | None = settings.api_key, what: str = "API key") -> JSONResponse | None:
+        if not key:
             return None
         given = request.headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
             state.metrics.rejected.labels("unauthorized").inc()
-            return error(401, "missing or wrong API key (Authorization: Bearer <key>)", kind="authentication_error",
+            return error(401, f"missing or wrong {what} (Authorization: Bearer <key>)", kind="authentication_error",
                          headers={"WWW-Authenticate": "Bearer"})
         return None
+
+    def not_admin(request: Request) -> JSONResponse | None:
+        if not settings.admin_key:
+            return error(403, "editing knowledge is off on this server: start it with admin_key=... "
+                              f"(or ${ADMIN_KEY_ENV})", kind="permission_error")
+        return unauthorized(request, settings.admin_key, "admin key")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -221,6 +242,39 @@ def create_app(load: Callable[[], Any], settings: ServerSettings, model_name: st
             return denied
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
                                             "owned_by": "easynlp-artist"}]}
+
+    def edit_knowledge(request: Request, edit: Callable[[Any], Any]) -> Any:
+        if (denied := not_admin(request)) is not None:
+            return denied
+        if state.engine is None:
+            return error(503, "no model loaded yet", kind="server_error", headers={"Retry-After": "5"})
+        pipe = state.engine.pipe
+        if pipe.lattice is None:
+            return error(400, "this model has no knowledge part: it cannot learn entities", kind="invalid_request_error")
+        try:
+            return edit(pipe)
+        except KeyError as exc:
+            return error(404, str(exc.args[0]), "name", kind="not_found_error")
+        except ValueError as exc:  # a triple that names an unknown relation or neighbour, a known name, ...
+            return error(422, str(exc), "triples")
+
+    @app.post("/v1/entities")
+    async def add_entities(body: EntitiesBody, request: Request):
+        def add(pipe) -> dict:
+            added = pipe.add_entities([tuple(t) for t in body.triples])
+            logger.info("added %d entities over HTTP: %s", len(added), ", ".join(added[:10]))
+            return {"object": "list", "added": added, "entities": len(pipe.entities)}
+
+        return await asyncio.to_thread(edit_knowledge, request, add)
+
+    @app.delete("/v1/entities/{name}")
+    async def remove_entity(name: str, request: Request):
+        def remove(pipe) -> dict:
+            pipe.remove_entities([name])
+            logger.info("removed entity %s over HTTP", name)
+            return {"object": "entity", "name": name, "deleted": True, "entities": len(pipe.entities)}
+
+        return await asyncio.to_thread(edit_knowledge, request, remove)
 
     def check(body: GenerationBody) -> JSONResponse | ImageRequest:
         if state.engine is None:
@@ -380,6 +434,6 @@ def serve(load: Callable[[], Any], settings: ServerSettings, model_name: str, ho
     logger.info("server stopped")
 
 
-def api_key_from(value: str | None) -> str | None:
-    """The API key: the given one, else the ``ARTIST_API_KEY`` environment variable (None: no auth)."""
-    return value or os.environ.get(API_KEY_ENV) or None
+def api_key_from(value: str | None, env: str = API_KEY_ENV) -> str | None:
+    """A key: the given one, else the environment variable ``env`` (None: none)."""
+    return value or os.environ.get(env) or None

@@ -31,6 +31,8 @@ from easynlp_artist.pipeline import ArtistPipeline
 
 MODEL = "artist-shapes-tiny-zh"
 KEY = "sk-test-7c1d0e9f"
+ADMIN = "admin-test-51b2"
+DRAGON_FRUIT = [["火龙果", "颜色", "红色"], ["火龙果", "形状", "圆形"], ["火龙果", "类别", "水果"]]
 
 
 def free_port() -> int:
@@ -100,7 +102,7 @@ def slow_checkpoint(tmp):
 def servers(tmp, slow_checkpoint):
     # one torch thread in both processes: the same kernels, so the same pixels (decoding rounds
     # differently with another thread count)
-    fast = Server(tmp, "--user_defined_parameters=max_batch_rows=24 num_threads=1")
+    fast = Server(tmp, "--user_defined_parameters=max_batch_rows=24 num_threads=1", env={"ARTIST_ADMIN_KEY": ADMIN})
     slow = Server(tmp, f"--checkpoint_dir={slow_checkpoint}", "--user_defined_parameters=max_batch_rows=2 max_queue=1",
                   env={"ARTIST_API_KEY": KEY})
     try:
@@ -218,6 +220,41 @@ def test_auth_is_off_by_default_and_on_with_a_key(servers):
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"]
+
+
+def test_admin_teaches_and_forgets_an_entity_over_http(servers, pipe):
+    fast, slow = servers
+    url = fast.url + "/v1/entities"
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+
+    def draw(seed=5):
+        r = httpx.post(fast.url + "/v1/images/generations", json={"prompt": "一个火龙果", "seed": seed}, timeout=60)
+        assert r.status_code == 200, r.text
+        return pixels(r.json()["data"][0]["b64_json"])
+
+    before = draw()
+    assert httpx.post(url, json={"triples": DRAGON_FRUIT}).status_code == 401  # the API key is not enough
+    assert httpx.post(url, json={"triples": DRAGON_FRUIT}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    off = httpx.post(slow.url + "/v1/entities", json={"triples": DRAGON_FRUIT}, headers={"Authorization": f"Bearer {KEY}"})
+    assert off.status_code == 403 and "admin_key" in off.json()["error"]["message"]  # no admin key: editing is off
+    bad = httpx.post(url, json={"triples": [["火龙果", "味道", "甜"]]}, headers=admin)
+    assert bad.status_code == 422 and "味道" in bad.json()["error"]["message"], bad.text
+
+    added = httpx.post(url, json={"triples": DRAGON_FRUIT}, headers=admin)
+    assert added.status_code == 200, added.text
+    assert added.json()["added"] == ["火龙果"]
+    again = httpx.post(url, json={"triples": DRAGON_FRUIT}, headers=admin)
+    assert again.status_code == 422 and "火龙果" in again.json()["error"]["message"]  # already known
+    taught = draw()
+    assert not np.array_equal(taught, before)  # the prompt now finds the entity and fuses its vector
+    local = ArtistPipeline.from_pretrained(MODEL)
+    local.add_entities([tuple(t) for t in DRAGON_FRUIT])
+    np.testing.assert_array_equal(taught, np.asarray(local("一个火龙果", generator=torch.Generator().manual_seed(5)).images[0]))
+
+    gone = httpx.delete(url + "/火龙果", headers=admin)
+    assert gone.status_code == 200 and gone.json()["deleted"] is True
+    np.testing.assert_array_equal(draw(), before)
+    assert httpx.delete(url + "/火龙果", headers=admin).status_code == 404
 
 
 def test_web_page_in_a_real_browser(servers, tmp):
