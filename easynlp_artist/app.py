@@ -184,8 +184,8 @@ class Text2ImageArtistApp(BaseApp):
             raise ValueError("--tables=valid.tsv is required for --mode=evaluate")
         source = model_source(args, params)  # decided once: also names where the results go
         extractor_path = params.evaluation.fid_feature_extractor
-        if extractor_path and not os.path.isfile(extractor_path):
-            raise FileNotFoundError(f"fid_feature_extractor={extractor_path}: no such file")
+        if extractor_path:
+            metrics.check_fid(extractor_path)  # the package and the file, before the model is loaded
         device = device_for_rank()
         pipe = load_pipeline(args, params, device)
         schema = _schema(args, TRAIN_SCHEMA)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ from easynlp_artist.progress import Progress, run_settings
 from modelzoo.extras import require
 
 logger = logging.getLogger(__name__)
+
+FID_PURPOSE = "FID (fid_feature_extractor=)"
 
 
 def row_generators(seed: int, rows: list[Row]) -> list[torch.Generator]:
@@ -71,6 +74,13 @@ def reconstruction(vqgan, dataset: ImageDataset, batch_size: int, device) -> dic
     }
 
 
+def check_fid(extractor_path: str) -> None:
+    """Before any work: FID's package is installed and the feature extractor file exists."""
+    require("torchmetrics", "fid", FID_PURPOSE)
+    if not os.path.isfile(extractor_path):
+        raise FileNotFoundError(f"fid_feature_extractor={extractor_path}: no such file")
+
+
 def load_feature_extractor(path: str) -> nn.Module:
     """A TorchScript feature extractor (it runs code: only point this at files you trust)."""
     return torch.jit.load(path, map_location="cpu").eval()
@@ -80,7 +90,7 @@ def load_feature_extractor(path: str) -> nn.Module:
 def fid(pipe, table: TableDataset, text_column: str, image_column: str, *, extractor: nn.Module,
         sampling: SamplingConfig, seed: int, num_images: int, batch_size: int) -> float:
     """FID of images generated from the table's texts (through the pipeline) against its images."""
-    require("torchmetrics", "fid", "FID (fid_feature_extractor=)")
+    require("torchmetrics", "fid", FID_PURPOSE)
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     res = pipe.model.config.vqgan.resolution

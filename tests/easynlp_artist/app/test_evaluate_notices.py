@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from helpers.tables import png_b64, write_table
 
 from easynlp_artist.loading import DEFAULT_MODEL
@@ -40,3 +41,26 @@ def test_images_of_another_size_are_reported_once_with_their_count(tmp_path):
     assert len(notices) == 1, proc.stderr
     assert f"2 of 3 image(s) of {table} are not {res}x{res}" in notices[0]
     assert f"line 2: {res // 2}x{res // 2}, line 3: {4 * res}x{4 * res})" in notices[0]
+
+
+def test_fid_without_torchmetrics_stops_before_the_model_is_loaded(tmp_path):
+    """Uninstalling torchmetrics from the shared venv would break every other test run from it, so
+    the real command runs in a process whose ``sys.modules`` blocks it (``None``: ``import`` then
+    raises exactly the ImportError of a package that is not installed); the rest is the installed code."""
+    res = ArtistPipeline.from_pretrained(DEFAULT_MODEL).model.config.vqgan.resolution
+    table = write_table(tmp_path / "valid.tsv", [("0", "一个红色的圆形", png_b64((220, 30, 30), res))])
+    extractor = tmp_path / "mean.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Flatten()), str(extractor))  # real: only the package is missing
+    args = ["--app_name=text2image_artist", "--mode=evaluate", f"--tables={table}", f"--outputs={tmp_path / 'm.json'}",
+            f"--user_defined_parameters=fid_feature_extractor={extractor}"]
+    code = f"import sys; sys.modules['torchmetrics'] = None; from appzoo.cli import main; sys.exit(main({args!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert [ln for ln in lines if ln.startswith("easynlp: error:")] == [
+        'easynlp: error: FID (fid_feature_extractor=) needs torchmetrics, which is not installed: '
+        'pip install "easynlp-artist[fid]"'
+    ] == lines[-1:], proc.stderr
+    assert not any("loading model" in ln for ln in lines), proc.stderr
+    assert not (tmp_path / "m.json").exists()
