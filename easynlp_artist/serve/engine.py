@@ -75,10 +75,11 @@ class RowCache:
     that join (all at position 0), a step on every running row. Where the window's rows are all at
     one position the model takes its usual path (no mask); otherwise ``attention_mask`` hides each
     row's keys past its own position. Linears are multiplied as ``decoding.new_cache`` would for
-    the same number of rows (oneDNN-packed weights where that pays off).
+    the same number of rows (oneDNN-packed weights where that pays off), or with ``weights="int8"``
+    through ``decoding.INT8`` at every row count, as the sequential sampler does.
     """
 
-    def __init__(self, gpt: ArtistGPT, capacity: int) -> None:
+    def __init__(self, gpt: ArtistGPT, capacity: int, weights: str = "model") -> None:
         cfg = gpt.config
         p = gpt.pos_emb
         hd = cfg.n_embd // cfg.n_head
@@ -92,12 +93,14 @@ class RowCache:
         self.lengths = [0] * capacity  # positions cached, per slot
         self.window = (0, 0)
         self._mask: tuple[tuple, torch.Tensor | None] | None = None
-        linears = list(decoding.decoding_linears(gpt))
-        packs = all(decoding.ONEDNN.pays_off(m.weight, 2) for m in linears)
-        # caches used only for their ``linear``: plain, and with the packed weights shared with the
-        # pipeline (packed for 2 rows, as decoding packs them; the copy serves any row count)
-        self._plain = decoding.new_cache(gpt, 0, pack_weights=False)
-        self._packed = decoding.new_cache(gpt, 2, pack_weights=True) if packs else self._plain
+        # caches used only for their ``linear``, sharing the weight copies the pipeline's sampler keeps
+        if weights == "int8":  # decoding.INT8 for every row count, as new_cache(weights="int8") does
+            self._plain = self._packed = decoding.new_cache(gpt, 0, weights="int8")
+        else:  # plain, and oneDNN-packed (for 2 rows, as decoding packs them; the copy serves any count)
+            linears = list(decoding.decoding_linears(gpt))
+            packs = all(decoding.ONEDNN.pays_off(m.weight, 2) for m in linears)
+            self._plain = decoding.new_cache(gpt, 0, pack_weights=False, weights=weights)
+            self._packed = decoding.new_cache(gpt, 2, pack_weights=True) if packs else self._plain
         self._packed.k = self._packed.v = None  # their own keys and values are never used
 
     # -- the DecodingCache protocol --
@@ -243,6 +246,16 @@ class EngineConfig:
     max_queue: int = 64  # requests waiting; one more is refused (QueueFull)
 
 
+def check_decoding(sampling: SamplingConfig) -> str:
+    """The weight form a server with these sampling settings decodes with (``sampling.weights``).
+    ``method="jacobi"`` is refused: rows of a continuous batch advance one code per step, and a
+    speculative window per row is not built here."""
+    if sampling.method != "sequential":
+        raise ValueError(f"method={sampling.method!r} is not served: the continuous batch decodes one code "
+                         f"per row and step; serve with method=sequential (the default)")
+    return sampling.weights
+
+
 def png_bytes(pixels) -> bytes:
     """(H, W, 3) uint8 array → PNG file bytes."""
     buf = io.BytesIO()
@@ -261,7 +274,8 @@ class Engine:
         self.gpt: ArtistGPT = pipe.model.gpt
         self.vqgan = pipe.model.vqgan
         self.img_len = self.gpt.config.img_len
-        self.cache = RowCache(self.gpt, self.config.max_batch_rows)
+        self.weights = check_decoding(pipe.sampling)
+        self.cache = RowCache(self.gpt, self.config.max_batch_rows, self.weights)
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []
         self._rows = 0
@@ -283,6 +297,9 @@ class Engine:
         return request.n * (2 if request.sampling.guidance_scale != 1.0 else 1)
 
     def submit(self, request: ImageRequest, listener: Listener | None = None) -> Job:
+        if check_decoding(request.sampling) != self.weights:
+            raise ValueError(f"weights={request.sampling.weights!r}: this server decodes its whole batch with "
+                             f"weights={self.weights!r}")
         rows = self.rows_for(request)
         if rows > self.config.max_batch_rows:
             raise ValueError(
@@ -370,7 +387,8 @@ class Engine:
             self._fail(job, Cancelled("cancelled") if job.cancelled.is_set() else self._timeout(job))
 
     def _timeout(self, job: Job) -> RequestTimeout:
-        return RequestTimeout(f"request {job.id} exceeded its timeout of {job.request.timeout} s")
+        where = f"{job.drawn} of {self.img_len} codes drawn" if job.codes is not None else "still waiting"
+        return RequestTimeout(f"request {job.id} exceeded request_timeout={job.request.timeout:g} s ({where})")
 
     def _inputs(self, job: Job) -> tuple[torch.Tensor, KnowledgeInputs | None]:
         """The request's rows as ``sampling.sample_image_tokens`` builds them (cond, then uncond)."""
@@ -452,12 +470,12 @@ class Engine:
             if job.cancelled.is_set():
                 self._remove(job)
                 self._fail(job, Cancelled("cancelled"))
+            elif job.drawn == self.img_len:  # done in time (only the VQGAN decode is left)
+                self._remove(job)
+                self._guarded(job, self._finish)
             elif job.deadline and now > job.deadline:
                 self._remove(job)
                 self._fail(job, self._timeout(job))
-            elif job.drawn == self.img_len:
-                self._remove(job)
-                self._guarded(job, self._finish)
 
     def _remove(self, job: Job) -> None:
         if job not in self._running:
@@ -495,4 +513,4 @@ class Engine:
 
 
 __all__ = ["Cancelled", "Engine", "EngineClosed", "EngineConfig", "ImageRequest", "Job", "QueueFull",
-           "RequestTimeout", "RowCache", "png_bytes"]
+           "RequestTimeout", "RowCache", "check_decoding", "png_bytes"]

@@ -8,7 +8,15 @@ import torch
 
 from easynlp_artist.models.stage2 import decoding
 from easynlp_artist.pipeline import ArtistPipeline
-from easynlp_artist.serve.engine import Cancelled, Engine, EngineConfig, ImageRequest, QueueFull, RowCache
+from easynlp_artist.serve.engine import (
+    Cancelled,
+    Engine,
+    EngineConfig,
+    ImageRequest,
+    QueueFull,
+    RequestTimeout,
+    RowCache,
+)
 
 PROMPTS = ["一个红色的圆形", "蓝色的正方形", "绿色三角形", "一个黄色的圆"]
 
@@ -100,3 +108,77 @@ def test_partial_images_queue_full_and_cancel(pipe):
             engine.submit(ImageRequest("x", n=3))
     finally:
         engine.close()
+
+
+def test_a_request_past_its_timeout_leaves_at_the_next_step_boundary(pipe):
+    """The scheduler is held (a slow step) past a running request's deadline: the request fails at the
+    step boundary right after, naming request_timeout, with its rows already freed; the request
+    sharing the batch runs on to the pipeline's codes. One waiting past its deadline fails too."""
+    engine = Engine(pipe, EngineConfig(max_batch_rows=3))
+    try:
+        seen = {}
+
+        def listener(kind, *payload):  # the scheduler thread: holding it holds every row
+            if kind == "partial":
+                seen["drawn"], seen["steps"] = late.drawn, engine.steps
+                time.sleep(max(0.0, late.deadline - time.monotonic()) + 0.05)
+            elif kind == "error":
+                seen["rows"], seen["steps_at_error"] = engine._rows, engine.steps
+
+        other = engine.submit(ImageRequest(PROMPTS[1], n=2, sampling=pipe.sampling, seed=4))
+        late = engine.submit(ImageRequest(PROMPTS[0], seed=3, partial_images=1, timeout=1.0), listener)
+        with pytest.raises(RequestTimeout, match=r"request_timeout=1 s \(32 of 64 codes drawn\)"):
+            late.wait(30)
+        assert seen["drawn"] == 32 and seen["steps_at_error"] == seen["steps"]  # no step ran after the deadline
+        assert seen["rows"] == 2 and late.slots == []  # only the other request's rows are left
+        out = pipe(PROMPTS[1], num_images_per_prompt=2, generator=torch.Generator().manual_seed(4))
+        other.wait(30)
+        assert torch.equal(other.codes.cpu(), out.codes.cpu())
+
+        held = engine.submit(ImageRequest(PROMPTS[2], n=3, seed=5))  # takes every row
+        queued = engine.submit(ImageRequest(PROMPTS[3], seed=6, timeout=0.05))
+        with pytest.raises(RequestTimeout, match=r"request_timeout=0.05 s \(still waiting\)"):
+            queued.wait(30)
+        assert len(held.wait(30)) == 3
+    finally:
+        engine.close()
+
+
+def test_jacobi_is_refused_and_int8_weights_are_honoured(pipe):
+    """method=jacobi: the engine refuses to start (and a request asking for it is refused), naming the
+    setting. weights=int8: the rows are decoded through decoding.INT8, so a seeded request gets the
+    codes of the pipeline's int8 sampler, which are not those of the model's own weights."""
+    defaults = pipe.sampling
+    try:
+        pipe.sampling = defaults.updated(method="jacobi")
+        with pytest.raises(ValueError, match="method='jacobi' is not served.*method=sequential"):
+            Engine(pipe)
+        pipe.sampling = defaults
+        engine = Engine(pipe, EngineConfig(max_batch_rows=4))
+        try:
+            with pytest.raises(ValueError, match="method='jacobi'"):
+                engine.submit(ImageRequest("x", sampling=defaults.updated(method="jacobi")))
+            with pytest.raises(ValueError, match="weights='int8'.*weights='model'"):
+                engine.submit(ImageRequest("x", sampling=defaults.updated(weights="int8")))
+        finally:
+            engine.close()
+
+        int8 = defaults.updated(weights="int8")
+        pipe.sampling = int8
+        engine = Engine(pipe, EngineConfig(max_batch_rows=4))
+        try:
+            jobs = [engine.submit(ImageRequest(p, n=2, sampling=int8, seed=11 + i)) for i, p in enumerate(PROMPTS[:2])]
+            for job in jobs:
+                job.wait(60)
+        finally:
+            engine.close()
+        assert engine.peak_requests == 2
+        for i, (p, job) in enumerate(zip(PROMPTS[:2], jobs, strict=True)):
+            quantised = pipe(p, num_images_per_prompt=2, generator=torch.Generator().manual_seed(11 + i),
+                             sampling=int8).codes
+            assert torch.equal(job.codes.cpu(), quantised.cpu()), p
+            full = pipe(p, num_images_per_prompt=2, generator=torch.Generator().manual_seed(11 + i),
+                        sampling=defaults).codes
+            assert not torch.equal(job.codes.cpu(), full.cpu()), p  # int8 was used: other codes
+    finally:
+        pipe.sampling = defaults

@@ -10,7 +10,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import numpy as np
 import openai
 import pytest
 import torch
+from helpers.server_process import ServerProcess, free_port
 from PIL import Image
 
 from easynlp_artist.configuration import ArtistConfig
@@ -35,50 +35,9 @@ ADMIN = "admin-test-51b2"
 DRAGON_FRUIT = [["火龙果", "颜色", "红色"], ["火龙果", "形状", "圆形"], ["火龙果", "类别", "水果"]]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, tmp: Path, *flags: str, env: dict | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / f"server-{self.port}.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "appzoo", "--app_name=text2image_artist", "--mode=serve",
-                 f"--port={self.port}", *flags],
-                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-            )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready after {timeout} s:\n{self.log.read_text()}")
-
-    def metric(self, name: str) -> float:
-        for line in httpx.get(self.url + "/metrics").text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-        raise AssertionError(f"no metric {name}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def Server(tmp: Path, *flags: str, env: dict | None = None) -> ServerProcess:
+    """One torch thread in the server: the kernels these tests compare pixels with."""
+    return ServerProcess(tmp, *flags, env={"OMP_NUM_THREADS": "1", **(env or {})})
 
 
 @pytest.fixture(scope="module")
