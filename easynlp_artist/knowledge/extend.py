@@ -1,7 +1,9 @@
 """Teach a trained model new entities from their facts: no images, no training of the model.
 
 Each new entity gets a vector in the trained TransE space: the minimiser of the TransE objective over
-its triples, every trained vector (entities and relations) frozen. With the distance
+its triples, every trained vector (entities and relations) frozen — by default the training's own
+objective, the margin ranking loss against the triples with their known end replaced by every other
+entity (``objective="margin"``), else the triples' distances alone. With the distance
 ``d(h, r, t) = ‖h + r − t‖_p`` of the store's :class:`~.relations.RelationSpace` (our TransE training:
 L1, not squared, entity vectors of unit length), a triple ``(e, r, t)`` pulls ``e`` towards ``t − r``
 and ``(h, r, e)`` towards ``h + r``. The solution is found in two steps:
@@ -9,7 +11,8 @@ and ``(h, r, e)`` towards ``h + r``. The solution is found in two steps:
 1. start: the coordinate-wise median of those targets (the exact unconstrained minimiser for L1;
    the mean for squared L2, the geometric median for L2), entity by entity, new entities that only
    reach other new ones taking their neighbours' starts;
-2. refine: descent with backtracking on the joint objective of every new entity (entities of one
+2. refine: descent with backtracking on the joint objective (start and refinement of the distances
+   alone are what the tests check against brute force) of every new entity (entities of one
    batch may reference each other), its kinks smoothed and the smoothing shrunk to zero step by
    step, projected onto the unit sphere when the space keeps entity vectors there; the best point
    is kept, so the result is never worse than the start.
@@ -56,6 +59,9 @@ logger = logging.getLogger(__name__)
 Triple = tuple[str, str, str]
 REFINE_STEPS = 200  # descent steps per smoothing level
 SMOOTHING = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 0.0)  # the last level: the exact objective
+MARGIN = 1.0  # PyKEEN's margin ranking loss, which our TransE training used
+OBJECTIVES = ("margin", "distance")
+RESTARTS, RESTART_SPREAD = 8, 0.7  # extra starts for the margin objective, drawn from a fixed seed
 LIST_SOURCE = "<triples>"  # the "file" named in errors for triples given as a list
 
 
@@ -115,8 +121,15 @@ def _project(vectors: torch.Tensor, space: RelationSpace) -> torch.Tensor:
     return torch.nn.functional.normalize(vectors, dim=-1) if space.entity_norm == "unit" else vectors
 
 
-def derive_vectors(store: EntityStore, facts: Sequence[Fact]) -> dict[str, torch.Tensor]:
-    """Vectors ``(D,)`` for the new entities of ``facts`` (the unknown heads), everything trained frozen."""
+def derive_vectors(store: EntityStore, facts: Sequence[Fact], objective: str = "margin") -> dict[str, torch.Tensor]:
+    """Vectors ``(D,)`` for the new entities of ``facts`` (the unknown heads), everything trained frozen.
+
+    ``objective="margin"``: what our TransE training minimised (PyKEEN's margin ranking loss, margin
+    1): each triple must score better by the margin than the same triple with its known end replaced
+    by any other entity of the store, so the vector tells the entity's colour from the other colours.
+    ``"distance"``: only the triples' own distances (their geometric centre)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     space = store.relations
     if space is None:
         raise ValueError(f"{store.source or 'this entity store'}: no relation vectors are stored with it, so new "
@@ -168,12 +181,36 @@ def derive_vectors(store: EntityStore, facts: Sequence[Fact]) -> dict[str, torch
     head_new = torch.tensor([index.get(f.head, -1) for f in facts])
     tail_new = torch.tensor([index.get(f.tail, -1) for f in facts])
 
-    def objective(e: torch.Tensor, smooth: float = 0.0) -> torch.Tensor:
+    # negatives: every other named entity of the store in place of a triple's known end
+    others = store.vectors_for(store.ids)  # (M, D)
+    known_end = torch.tensor([store.id_of(f.tail) if f.tail in known else store.id_of(f.head) if f.head in known else -1
+                              for f in facts])
+    is_other = torch.tensor(store.ids)[None, :] != known_end[:, None]  # (F, M): not the true neighbour
+    corrupt_tail = (tail_new < 0)[:, None, None]  # (F, 1, 1): the known end is the tail (else the head)
+
+    def loss(e: torch.Tensor, smooth: float = 0.0) -> torch.Tensor:
         h = torch.where((head_new >= 0)[:, None], e[head_new.clamp_min(0)], heads)
         t = torch.where((tail_new >= 0)[:, None], e[tail_new.clamp_min(0)], tails)
-        return _distance(h + rels - t, space, smooth).sum()
+        positive = _distance(h + rels - t, space, smooth)  # (F,)
+        if objective == "distance":
+            return positive.sum()
+        # (F, M, D): h + r − t with the known end swapped for each other entity
+        swapped = torch.where(corrupt_tail, (h + rels)[:, None, :] - others[None], others[None] + (rels - t)[:, None, :])
+        negative = _distance(swapped, space, smooth)  # (F, M)
+        margins = torch.relu(MARGIN + positive[:, None] - negative) * is_other
+        per_fact = margins.sum(1) / is_other.sum(1).clamp_min(1)
+        both_new = known_end < 0  # no known end to swap: the distance itself
+        return torch.where(both_new, positive, per_fact).sum()
 
-    return {n: v for n, v in zip(new, _refine(torch.stack([start[n] for n in new]), objective, space))}
+    first = torch.stack([start[n] for n in new])
+    starts = [first]
+    if objective == "margin":  # not convex: a few more starts around the centre, the best end kept
+        g = torch.Generator().manual_seed(0)
+        starts += [_project(first + RESTART_SPREAD * torch.randn(first.shape, generator=g), space)
+                   for _ in range(RESTARTS)]
+    ends = [_refine(x, loss, space) for x in starts]
+    best = min(ends, key=lambda x: float(loss(x)))
+    return {n: v for n, v in zip(new, best)}
 
 
 def _refine(e: torch.Tensor, objective, space: RelationSpace) -> torch.Tensor:

@@ -52,7 +52,7 @@ def _objective(store: EntityStore, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("norm, squared", [(1, False), (2, False), (2, True)])
 def test_unit_sphere_vector_equals_brute_force_on_the_circle(norm, squared):
     store = _store(2, norm, squared)
-    got = derive_vectors(store, _facts(X_FACTS))["X"]
+    got = derive_vectors(store, _facts(X_FACTS), objective="distance")["X"]
     angles = torch.linspace(0, 2 * math.pi, 200_001)[:-1]
     grid = torch.stack([angles.cos(), angles.sin()], dim=1)
     values = _objective(store, grid)
@@ -62,9 +62,39 @@ def test_unit_sphere_vector_equals_brute_force_on_the_circle(norm, squared):
     assert float(torch.dot(got, best)) > math.cos(0.01)  # the same point of the circle
 
 
+def test_margin_objective_equals_brute_force_on_the_circle():
+    """The training's objective: mean over the other entities of relu(1 + d(triple) − d(corrupted))."""
+    g = torch.Generator().manual_seed(5)
+    names = [f"E{i}" for i in range(8)]
+    vectors = F.normalize(torch.randn(8, 2, generator=g), dim=-1)
+    relations = RelationSpace(["r1", "r2"], torch.randn(2, 2, generator=g) * 0.5)
+    store = EntityStore(names, list(range(8)), vectors, relations=relations)
+    rows = [("X", "r1", "E0"), ("X", "r2", "E1"), ("E2", "r1", "X")]
+    got = derive_vectors(store, _facts(rows))["X"]
+
+    def objective(x):  # x (n, 2)
+        total = torch.zeros(x.shape[0])
+        for h, r, t in rows:
+            rv = relations.vector(r)
+            known = t if h == "X" else h
+            pos = ((x + rv - vectors[int(t[1:])]) if h == "X" else (vectors[int(h[1:])] + rv - x)).abs().sum(-1)
+            losses = []
+            for j, other in enumerate(vectors):
+                if names[j] == known:
+                    continue
+                neg = ((x + rv - other) if h == "X" else (other + rv - x)).abs().sum(-1)
+                losses.append(torch.relu(1.0 + pos - neg))
+            total += torch.stack(losses).mean(0)
+        return total
+
+    angles = torch.linspace(0, 2 * math.pi, 200_001)[:-1]
+    values = objective(torch.stack([angles.cos(), angles.sin()], dim=1))
+    assert float(objective(got[None])) <= float(values.min()) + 1e-3
+
+
 def test_unit_sphere_vector_equals_brute_force_on_the_sphere():
     store = _store(3, seed=1)
-    got = derive_vectors(store, _facts(X_FACTS))["X"]
+    got = derive_vectors(store, _facts(X_FACTS), objective="distance")["X"]
     n = 400_000  # a Fibonacci lattice over the sphere (spacing ≈ 0.006)
     k = torch.arange(n, dtype=torch.float64) + 0.5
     z = 1 - 2 * k / n
@@ -76,7 +106,7 @@ def test_unit_sphere_vector_equals_brute_force_on_the_sphere():
 
 def test_unconstrained_l1_is_the_median_and_squared_l2_a_joint_least_squares():
     store = _store(4, 1, False, "none")
-    got = derive_vectors(store, _facts([("X", "r1", "A"), ("X", "r2", "B"), ("X", "r1", "C")]))["X"]
+    got = derive_vectors(store, _facts([("X", "r1", "A"), ("X", "r2", "B"), ("X", "r1", "C")]), objective="distance")["X"]
     sp, v = store.relations, store.vectors
     targets = torch.stack([v[0] - sp.vector("r1"), v[1] - sp.vector("r2"), v[2] - sp.vector("r1")])
     torch.testing.assert_close(got, targets.median(dim=0).values, atol=1e-6, rtol=0)
@@ -85,7 +115,7 @@ def test_unconstrained_l1_is_the_median_and_squared_l2_a_joint_least_squares():
     store = _store(4, 2, True, "none")
     sp, v = store.relations, store.vectors
     rows = [("X", "r1", "A"), ("Y", "r2", "X"), ("Y", "r1", "B")]
-    got = derive_vectors(store, _facts(rows))
+    got = derive_vectors(store, _facts(rows), objective="distance")
     # the normal equations, per coordinate: [[2, -1], [-1, 2]] [x, y] = [A - r1 - r2 ... ] — solved by lstsq
     a = torch.tensor([[1.0, 0.0], [-1.0, 1.0], [0.0, 1.0]])
     b = torch.stack([v[0] - sp.vector("r1"), -sp.vector("r2"), v[1] - sp.vector("r1")])
