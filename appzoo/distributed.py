@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from appzoo.errors import RunError
+from appzoo.errors import RunError, first_line
 from appzoo.tables import AtomicWriter, Row, check_cell
 from modelzoo.files import env_bool
 from modelzoo.storage import is_remote, local_path
@@ -82,10 +82,16 @@ def init_distributed(timeout: timedelta | None = None, peer_timeout: float | Non
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {} if timeout is None else {"timeout": timeout}
-        dist.init_process_group(backend=backend, **kwargs)
-        if peer_timeout is not None and "MASTER_ADDR" in os.environ:
-            _heartbeat = _Heartbeat(dist.get_rank(), world, peer_timeout)
-            _heartbeat.start()
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        try:
+            dist.init_process_group(backend=backend, **kwargs)
+            if peer_timeout is not None and "MASTER_ADDR" in os.environ:
+                _heartbeat = _Heartbeat(dist.get_rank(), world, peer_timeout)
+                _heartbeat.start()
+        except RuntimeError as exc:  # torch's DistNetworkError/DistStoreError: the store cannot be reached
+            rank = os.environ.get("RANK", "?")
+            raise RunError(f"rank {rank} of {world} could not join the run's store at {where} "
+                           f"(--master_addr/--master_port): {first_line(exc)}") from exc
     return DistInfo(get_rank(), get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), device)
 
 
@@ -134,8 +140,7 @@ class _Heartbeat(threading.Thread):
             except RuntimeError as exc:  # torch's DistStoreError/DistNetworkError: the store host is gone
                 if self.stopping.is_set():
                     return
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                self._lose(f"lost contact with the run's store at {self.address} (node 0): {reason}")
+                self._lose(f"lost contact with the run's store at {self.address} (node 0): {first_line(exc)}")
             now = time.monotonic()
             with self.lock:
                 for r, count in enumerate(counts):

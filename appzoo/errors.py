@@ -7,3 +7,9 @@ Bad input (flags, parameters, tables) raises ``ValueError`` subclasses: exit sta
 
 class RunError(RuntimeError):
     """A failure while running (non-finite loss, another process failed); the CLI exits with 1."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (torch's store errors run to many), else its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 
 from appzoo.args import CommonArgs, UsageError
+from appzoo.errors import first_line
+from modelzoo.files import env_bool
 
 
 def inside_launcher() -> bool:
@@ -62,6 +64,7 @@ def relaunch(argv: Sequence[str], args: CommonArgs) -> int:
     0 when every process succeeded, 2 when every failed process exited with 2 (bad input), else 1."""
     import torch
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
     from torch.distributed.run import get_args_parser, run
 
     if torch.cuda.is_available() and args.worker_gpu > torch.cuda.device_count():
@@ -90,4 +93,10 @@ def relaunch(argv: Sequence[str], args: CommonArgs) -> int:
             file=sys.stderr,
         )
         return 2 if codes == [2] else 1
+    except (RuntimeError, RendezvousError) as exc:  # the launcher's own store or rendezvous (DistNetworkError)
+        if env_bool("EASYNLP_DEBUG"):
+            raise
+        print(f"easynlp: error: the launcher could not set up the run at {args.master_addr}:{args.master_port} "
+              f"(--master_addr/--master_port): {first_line(exc)}", file=sys.stderr)
+        return 1
     return 0

@@ -150,3 +150,43 @@ def test_worker_killed_on_one_machine_gives_one_line_without_traceback(toy_env, 
     errors = [line for line in text.splitlines() if line.startswith("easynlp: error:")]
     assert errors[0].startswith("easynlp: error: lost contact with rank 1 (node 0)"), errors
     assert errors[-1].startswith("easynlp: error: 2 of 2 process(es) failed"), errors
+
+
+def test_a_process_that_cannot_open_the_run_store_says_so_in_one_line(toy_env, tmp_path, write_toy_table):
+    """A worker started by a scheduler (WORLD_SIZE, RANK, MASTER_ADDR/PORT in its environment, as PAI-DLC
+    sets them) whose store port is taken by another program: one line naming the address, exit 1."""
+    table = write_toy_table(tmp_path / "train.tsv", 8)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**toy_env, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        proc = subprocess.run([sys.executable, "-m", "appzoo", *_train_argv(table, tmp_path / "ckpt")], env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"easynlp: error: rank 0 of 2 could not join the run's store at 127.0.0.1:{port} "
+                                "(--master_addr/--master_port): "), lines
+    assert "address already in use" in lines[-1], lines
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_a_launcher_whose_master_port_is_taken_says_so_in_one_line(toy_env, tmp_path, write_toy_table):
+    """Node 0 of a two-machine run whose --master_port is taken: torchrun's agent cannot open the run's
+    store; one line naming --master_addr/--master_port instead of torchrun's traceback."""
+    table = write_toy_table(tmp_path / "train.tsv", 8)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "appzoo", "--worker_gpu=1", "--worker_count=2",
+                               "--master_addr=127.0.0.1", f"--master_port={port}",
+                               *_train_argv(table, tmp_path / "ckpt")],
+                              env={**toy_env, "NODE_RANK": "0"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"easynlp: error: the launcher could not set up the run at 127.0.0.1:{port} (--master_addr/--master_port): "
+    ), proc.stderr[-3000:]
