@@ -41,7 +41,7 @@ from easynlp_artist.knowledge.batch import KnowledgeInputs
 from easynlp_artist.models.stage1.vqgan import images_to_uint8
 from easynlp_artist.models.stage2 import decoding
 from easynlp_artist.models.stage2.gpt import ArtistGPT
-from easynlp_artist.models.stage2.sampling import SamplingConfig, _inverse_cdf, filter_logits, guide
+from easynlp_artist.models.stage2.sampling import SamplingConfig, _inverse_cdf_at, filter_logits, guide
 
 logger = logging.getLogger(__name__)
 
@@ -432,22 +432,34 @@ class Engine:
         self._rows = hi
         self.peak_rows = max(self.peak_rows, self._rows)
         self.peak_requests = max(self.peak_requests, len(self._running))
-        self._draw(job, logits)
+        self._draw([job], logits, first_slot=lo)
 
-    def _draw(self, job: Job, logits: torch.Tensor) -> None:
-        """One token for each of the job's rows from its rows' logits (sampling.py's steps)."""
-        cfg = job.request.sampling
-        n = job.request.n
-        logits = logits.float()
-        if job.rows > n:
-            logits = guide(logits[:n], logits[n:], cfg.guidance_scale)
-        logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
-        probs = logits.softmax(dim=-1)
-        nxt = _inverse_cdf(probs.to(job.generator.device), job.generator).to(job.codes.device)  # (n, 1)
-        job.codes[:, job.drawn] = nxt[:, 0]
-        job.drawn += 1
-        if job.drawn in job.partial_at and job.drawn < self.img_len:
-            job.listener("partial", job.partial_at.index(job.drawn), self._partial_pngs(job))
+    def _draw(self, jobs: list[Job], logits: torch.Tensor, first_slot: int = 0) -> None:
+        """One token for each row of ``jobs`` (sharing one sampling setting) from the logits of the
+        slots they hold (row ``i`` of ``logits`` is slot ``first_slot + i``): sampling.py's steps on all
+        their rows at once (each step works row by row), one uniform per row from each job's own
+        generator, in job order."""
+        cfg = jobs[0].request.sampling
+        cond = [s - first_slot for j in jobs for s in j.slots[: j.request.n]]
+        x = logits.float()
+        if jobs[0].rows > jobs[0].request.n:
+            uncond = [s - first_slot for j in jobs for s in j.slots[j.request.n :]]
+            x = guide(x[cond], x[uncond], cfg.guidance_scale)
+        else:
+            x = x[cond]
+        probs = filter_logits(x / cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1)
+        u = torch.cat([torch.rand((j.request.n, 1), generator=j.generator, device=j.generator.device,
+                                  dtype=probs.dtype) for j in jobs])
+        nxt = _inverse_cdf_at(probs, u.to(probs.device))[:, 0]  # (rows,)
+        start = 0
+        for job in jobs:
+            n = job.request.n
+            job.codes[:, job.drawn] = nxt[start : start + n].to(job.codes.device)
+            start += n
+            job.drawn += 1
+        for job in jobs:
+            if job.drawn in job.partial_at and job.drawn < self.img_len:
+                self._guarded(job, lambda j: j.listener("partial", j.partial_at.index(j.drawn), self._partial_pngs(j)))
 
     def _step(self) -> None:
         R = self._rows
@@ -458,11 +470,18 @@ class Engine:
         self.cache.window = (0, R)
         logits = self.gpt.step(fed, self.cache)  # (R, V)
         self.steps += 1
-        index = {}
-        for job in self._running:
-            index[job.id] = torch.tensor(job.slots, device=logits.device)
-        for job in list(self._running):
-            self._guarded(job, lambda j: self._draw(j, logits[index[j.id]]))
+        groups: dict[tuple, list[Job]] = {}
+        for job in self._running:  # rows with the same settings are sampled together
+            c = job.request.sampling
+            groups.setdefault((c.guidance_scale, c.temperature, c.top_k, c.top_p), []).append(job)
+        for jobs in groups.values():
+            try:
+                self._draw(jobs, logits)
+            except Exception as exc:  # noqa: BLE001 - the group's requests fail, not the engine
+                logger.exception("sampling failed; failing %d requests", len(jobs))
+                for job in jobs:
+                    self._remove(job)
+                    self._fail(job, exc)
 
     def _leave_finished(self) -> None:
         now = time.monotonic()
