@@ -18,9 +18,12 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -36,6 +39,15 @@ from .errors import KnowledgeFileError
 from .relations import RelationSpace
 
 METRICS_FILE = "metrics.json"
+OPTION_HELP = {  # the command's options for TransEConfig's fields
+    "dim": "length of the entity and relation vectors",
+    "epochs": "passes over the training triples",
+    "learning_rate": "Adam's learning rate",
+    "batch_size": "triples per training step",
+    "num_negatives": "corrupted triples per true one (the margin ranking loss compares them)",
+    "test_ratio": "share of the triples held out to measure link prediction (MRR, Hits@10)",
+    "seed": "seed of the split, the initialisation and the negative sampling",
+}
 
 
 @dataclass
@@ -102,6 +114,23 @@ def random_ranking_metrics(num_entities: int, k: int = 10) -> tuple[float, float
     return mrr, min(k, num_entities) / num_entities
 
 
+@contextlib.contextmanager
+def _quiet_pykeen():
+    """PyKEEN on CPU says what does not apply here: torch's pin_memory warning (no accelerator),
+    torch_max_mem's "only cuda is considered safe", its evaluator's timings. Real errors still raise."""
+    loggers = [logging.getLogger(name) for name in ("pykeen", "torch_max_mem")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true", category=UserWarning)
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
 def train_transe(
     triples: Sequence[tuple[str, str, str]], config: TransEConfig | None = None
 ) -> tuple[EntityStore, TransEMetrics]:
@@ -130,9 +159,10 @@ def train_transe(
             device="cpu",
         )
 
-    result = fit(train, test)
+    with _quiet_pykeen():
+        result = fit(train, test)
+        final = fit(factory, test) if cfg.refit_on_all else result
     metrics = result.metric_results
-    final = fit(factory, test) if cfg.refit_on_all else result
     with torch.no_grad():
         vectors = final.model.entity_representations[0](indices=None).detach().cpu().float()  # (N, D)
         relation_vectors = final.model.relation_representations[0](indices=None).detach().cpu().float()  # (R, D)
@@ -174,14 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m easynlp_artist.knowledge.transe",
         description="Train TransE entity vectors (PyKEEN) from head<TAB>relation<TAB>tail triples.",
     )
-    p.add_argument("--triples", required=True)
-    p.add_argument("--output_dir", required=True)
+    p.add_argument("--triples", required=True, help="head<TAB>relation<TAB>tail per line, UTF-8")
+    p.add_argument("--output_dir", required=True, help="where both entity formats and metrics.json are written")
     p.add_argument("--skip_first_line", action="store_true", help="the table has a header line")
     defaults = TransEConfig()
-    for name in ("dim", "epochs", "batch_size", "num_negatives", "seed"):
-        p.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
-    for name in ("learning_rate", "test_ratio"):
-        p.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
+    for name, meaning in OPTION_HELP.items():
+        default = getattr(defaults, name)
+        p.add_argument(f"--{name}", type=type(default), default=default, help=f"{meaning} (default: %(default)s)")
     p.add_argument("--refit_on_all", action="store_true",
                    help="write vectors trained on every triple (the metrics still come from the held-out split)")
     args = p.parse_args(argv)
@@ -196,6 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(asdict(metrics), indent=2))
+    if metrics.mrr <= metrics.random_mrr:
+        print(f"warning: the held-out MRR {metrics.mrr:.3f} is not above a random ranking's {metrics.random_mrr:.3f} "
+              f"({metrics.num_entities} entities): the vectors have not learnt the graph; train longer (--epochs), "
+              f"or check that the test triples' entities and relations also occur in training", file=sys.stderr)
     return 0
 
 
