@@ -4,7 +4,9 @@ Continuous batching, as a server needs it: requests wait in a bounded queue; at 
 boundary the waiting requests that fit are prefilled (their conditional and, with guidance, their
 unconditional rows together, one prefill per request) and join the running batch; every running
 row then advances one image token in one ``gpt.step``; a request whose last token is drawn leaves
-at once and its codes are decoded by the VQGAN, so the batch never waits for its slowest member.
+at once, and a second thread decodes its codes with the VQGAN while the batch goes on, so the batch
+never waits for its slowest member nor for the decoder (on CPU, with one torch thread, the two
+threads use two cores).
 
 Rows keep their own positions in a :class:`RowCache` (the per-row cache the model's
 ``DecodingCache`` protocol allows: it supplies positions and an attention mask), and each request
@@ -17,8 +19,8 @@ its codes are then bit-identical depends on the kernels giving the same logits a
 size (measured in tests/easynlp_artist/serve/test_engine.py and docs/SERVE.md).
 
 The engine knows nothing of HTTP: :meth:`Engine.submit` returns a :class:`Job` whose ``listener``
-hears ``("partial", index, images)``, then ``("done", images)`` or ``("error", exception)``, from
-the scheduler thread.
+hears ``("partial", index, images)`` from the scheduler thread, then ``("done", images)`` (from the
+decoder thread) or ``("error", exception)``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import queue
 import secrets
 import threading
 import time
@@ -288,8 +291,12 @@ class Engine:
         self.steps = 0
         self.images_done = 0
         self._done_times: deque[float] = deque(maxlen=1024)
+        self._decodes: queue.SimpleQueue[Job | None] = queue.SimpleQueue()  # drawn, waiting for the VQGAN
+        self._decoding: set[Job] = set()  # jobs handed to the decoder and not finished (set.add/discard are atomic)
         self._thread = threading.Thread(target=self._loop, name="artist-engine", daemon=True)
+        self._decoder = threading.Thread(target=self._decode_loop, name="artist-decoder", daemon=True)
         self._thread.start()
+        self._decoder.start()
 
     # -- the outside --
 
@@ -322,12 +329,13 @@ class Engine:
         return {
             "queued": len(self._waiting), "running_requests": len(self._running), "running_rows": self._rows,
             "peak_rows": self.peak_rows, "peak_requests": self.peak_requests, "steps": self.steps,
+            "decoding": len(self._decoding),
             "images_done": self.images_done, "images_per_second": len(recent) / 60.0,
         }
 
     @property
     def idle(self) -> bool:
-        return not self._waiting and not self._running
+        return not self._waiting and not self._running and not self._decoding
 
     def close(self, drain: bool = True, timeout: float | None = None) -> bool:
         """Stop taking requests; with ``drain`` finish the queued and running ones, else fail them.
@@ -340,8 +348,11 @@ class Engine:
                 self._waiting.clear()
             self._stop = True
             self._cv.notify()
+        end = None if timeout is None else time.monotonic() + timeout
         self._thread.join(timeout)
-        return not self._thread.is_alive()
+        self._decodes.put(None)  # after the last job the scheduler hands over
+        self._decoder.join(None if end is None else max(0.0, end - time.monotonic()))
+        return not self._thread.is_alive() and not self._decoder.is_alive()
 
     # -- the scheduler thread --
 
@@ -491,7 +502,8 @@ class Engine:
                 self._fail(job, Cancelled("cancelled"))
             elif job.drawn == self.img_len:  # done in time (only the VQGAN decode is left)
                 self._remove(job)
-                self._guarded(job, self._finish)
+                self._decoding.add(job)
+                self._decodes.put(job)
             elif job.deadline and now > job.deadline:
                 self._remove(job)
                 self._fail(job, self._timeout(job))
@@ -505,6 +517,20 @@ class Engine:
         for other in self._running:
             other.slots = [moves.get(s, s) for s in other.slots]
         job.slots = []
+
+    def _decode_loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while (job := self._decodes.get()) is not None:
+            try:
+                if job.cancelled.is_set():
+                    self._fail(job, Cancelled("cancelled"))
+                else:
+                    self._finish(job)
+            except Exception as exc:  # noqa: BLE001 - one request's failure is its own
+                logger.exception("request %s failed", job.id)
+                self._fail(job, exc)
+            finally:
+                self._decoding.discard(job)
 
     def _finish(self, job: Job) -> None:
         pixels = images_to_uint8(self.vqgan.decode(job.codes).float()).cpu().numpy()

@@ -132,6 +132,7 @@ class Metrics:
             ("artist_queue_depth", "queued", "requests waiting to join the batch"),
             ("artist_running_requests", "running_requests", "requests in the running batch"),
             ("artist_running_rows", "running_rows", "rows in the running batch (a guided image is two)"),
+            ("artist_decoding_requests", "decoding", "requests drawn and waiting for the image decoder"),
             ("artist_batch_rows_peak", "peak_rows", "most rows ever decoded in one step"),
             ("artist_batch_requests_peak", "peak_requests", "most requests ever in the batch at once"),
             ("artist_images_per_second", "images_per_second", "images finished per second over the last minute"),

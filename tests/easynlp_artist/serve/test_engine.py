@@ -182,3 +182,34 @@ def test_jacobi_is_refused_and_int8_weights_are_honoured(pipe):
             assert not torch.equal(job.codes.cpu(), full.cpu()), p  # int8 was used: other codes
     finally:
         pipe.sampling = defaults
+
+
+def test_the_batch_goes_on_while_the_decoder_works(pipe):
+    """A finished request's VQGAN decode does not hold the batch: with the decoder thread held (inside
+    the first request's "done" listener), a second request is prefilled and drawn to its last code;
+    released, both finish, the second with the pipeline's codes."""
+    engine = Engine(pipe, EngineConfig(max_batch_rows=4))
+    held, release = threading.Event(), threading.Event()
+
+    def hold(kind, *payload):
+        if kind == "done":
+            held.set()
+            release.wait(60)
+
+    try:
+        first = engine.submit(ImageRequest(PROMPTS[0], seed=1), hold)
+        assert held.wait(60)
+        second = engine.submit(ImageRequest(PROMPTS[1], seed=2, sampling=pipe.sampling))
+        deadline = time.monotonic() + 60
+        while second.drawn < engine.img_len and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert second.drawn == engine.img_len and not second.finished.is_set()
+        assert engine.stats()["decoding"] == 2 and not engine.idle
+        release.set()
+        assert len(first.wait(60)) == 1 and len(second.wait(60)) == 1
+        out = pipe(PROMPTS[1], generator=torch.Generator().manual_seed(2))
+        assert torch.equal(second.codes.cpu(), out.codes.cpu())
+    finally:
+        release.set()
+        engine.close()
+    assert engine.stats()["decoding"] == 0
