@@ -1,0 +1,186 @@
+"""The server under load: images/s and latency at 1, 4, 8 and 16 concurrent clients, side by side
+with the offline pipeline in the same run.
+
+    python bench/serve.py [--quick] [--threads 1] [--requests 4] [--base-requests 1] [--repeats 7] [--base-repeats 3] [--skip-base | --skip-embedded]
+
+For each model (the embedded ``artist-shapes-tiny-zh``; then the ARTIST-base shape with random
+weights, saved to a temporary folder, unless ``--skip-base``) it starts ``easynlp --mode=serve`` as a
+real process on loopback (``num_threads`` = ``--threads``), and from this process:
+
+* **direct**: one seeded ``pipe(prompt, generator=...)`` call (the same model, the same threads, the
+  server idle), alternating with one request to the idle server — medians of ``--repeats`` pairs
+  (goal: the server within 1.1×);
+* **offline batch 8**: ``pipe(8 prompts)``, measured before and after each load — the throughput
+  the server at 8 clients is compared with (goal ≥ 90 %);
+* **clients**: C threads, each sending its requests one after another (``n=1``, a seed each,
+  plain HTTP ``POST /v1/images/generations``); images/s over the wall time of the whole load, and
+  p50/p95 of the request latencies. Goal at 8 clients: ≥ 3× the single-client throughput.
+
+The sampling settings are the checkpoint's own (the server and the pipeline read the same
+``generation_config.json``), so a guided image costs two rows in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))  # the package itself, before tests/easynlp_artist (a namespace package)
+sys.path.append(str(REPO / "tests"))
+from common import add_shape_args, build_config, cpu_name, fill_shape_defaults, load_average  # noqa: E402,I001
+from helpers.server_process import ServerProcess  # noqa: E402
+
+from easynlp_artist.loading import DEFAULT_MODEL  # noqa: E402
+from easynlp_artist.modeling import ArtistModel  # noqa: E402
+from easynlp_artist.pipeline import ArtistPipeline  # noqa: E402
+
+PROMPTS = ["一个红色的圆形", "白色背景上的番茄", "蓝色的星形在黑色背景上", "一个海王星", "画一个黄色三角形",
+           "一个绿色的正方形", "紫色的葡萄", "一个橙色的篮球"]
+CONCURRENCY = (1, 4, 8, 16)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between order statistics (numpy's default)."""
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def request(client, url: str, prompt: str, seed: int) -> float:
+    start = time.perf_counter()
+    r = client.post(url + "/v1/images/generations", json={"prompt": prompt, "n": 1, "seed": seed}, timeout=3600)
+    elapsed = time.perf_counter() - start
+    if r.status_code != 200 or len(r.json()["data"]) != 1:
+        raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+    return elapsed
+
+
+def load(url: str, clients: int, per_client: int) -> tuple[float, list[float]]:
+    """``clients`` threads, ``per_client`` requests each; (wall seconds, latencies)."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def client_thread(c: int) -> None:
+        with httpx.Client() as client:
+            for i in range(per_client):
+                k = c * per_client + i
+                try:
+                    t = request(client, url, PROMPTS[k % len(PROMPTS)], seed=1000 + k)
+                except (RuntimeError, httpx.HTTPError) as exc:
+                    errors.append(exc)
+                    return
+                with lock:
+                    latencies.append(t)
+
+    threads = [threading.Thread(target=client_thread, args=(c,)) for c in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return wall, latencies
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_model(name: str, source: str, args: argparse.Namespace, per_client: int, repeats: int, logs: Path) -> None:
+    torch.set_num_threads(args.threads)
+    pipe = ArtistPipeline.from_pretrained(source)
+    pipe.set_progress_bar_config(disable=True)
+    s = pipe.sampling
+    print(f"\n## {name}: {pipe.model.config.gpt.img_len} image tokens per image, guidance_scale={s.guidance_scale:g} "
+          f"(rows per image: {2 if s.guidance_scale != 1.0 else 1}), {per_client} request(s) per client", flush=True)
+
+    def direct():
+        pipe(PROMPTS[0], generator=torch.Generator().manual_seed(1000))
+
+    def batch8():
+        pipe(PROMPTS, generator=torch.Generator().manual_seed(1000))
+
+    server = ServerProcess(logs, *([f"--checkpoint_dir={source}"] if source != DEFAULT_MODEL else []),
+                           f"--user_defined_parameters=num_threads={args.threads} max_batch_rows={args.max_batch_rows}",
+                           env={"OMP_NUM_THREADS": str(args.threads)})
+    try:
+        server.wait_ready(600)
+        direct(), batch8(), load(server.url, 1, 1)  # warm-up: kernel selection, folded weights, page-ins
+        # side by side, alternating, so a change in the machine's load hits both
+        pairs = [(seconds(direct), load(server.url, 1, 1)[0]) for _ in range(repeats)]
+        d, i = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        offline8 = [seconds(batch8)]
+        print(f"idle server, one request: {i:.2f} s against a direct pipeline call {d:.2f} s = {i / d:.2f}x "
+              f"(goal <= 1.1x; medians of {repeats} alternating pairs)", flush=True)
+        rows = []
+        for clients in CONCURRENCY:
+            wall, lat = load(server.url, clients, per_client)
+            offline8.append(seconds(batch8))  # the offline batch measured between the loads
+            rows.append((clients, wall, lat))
+        b8 = statistics.median(offline8)
+        print(f"offline batch of 8: {b8:.2f} s = {8 / b8:.2f} images/s (median of {len(offline8)}, "
+              f"one before and one after each load)")
+        print("\n| clients | requests | wall s | images/s | p50 s | p95 s | x 1 client | x offline batch 8 |")
+        print("|---|---|---|---|---|---|---|---|")
+        single_rate = None
+        for clients, wall, lat in rows:
+            rate = len(lat) / wall
+            single_rate = single_rate or rate
+            print(f"| {clients} | {len(lat)} | {wall:.1f} | {rate:.3f} | {percentile(lat, 0.5):.2f} | "
+                  f"{percentile(lat, 0.95):.2f} | {rate / single_rate:.2f} | {rate / (8 / b8):.2f} |")
+        print(f"\nmost requests in one batch: {server.metric('artist_batch_requests_peak'):g}, "
+              f"most rows in one step: {server.metric('artist_batch_rows_peak'):g}", flush=True)
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shape_args(p)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the server and of the pipeline")
+    p.add_argument("--requests", type=int, default=4, help="requests per client, embedded model")
+    p.add_argument("--base-requests", type=int, default=1, help="requests per client, ARTIST-base shape")
+    p.add_argument("--repeats", type=int, default=7, help="alternating direct/server pairs (embedded model)")
+    p.add_argument("--base-repeats", type=int, default=3, help="alternating direct/server pairs (ARTIST-base shape)")
+    p.add_argument("--max-batch-rows", type=int, default=32, help="the server's max_batch_rows")
+    p.add_argument("--skip-base", action="store_true", help="only the embedded model")
+    p.add_argument("--skip-embedded", action="store_true", help="only the ARTIST-base shape")
+    args = p.parse_args(argv)
+    fill_shape_defaults(args)
+    print(f"# bench/serve.py — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_name()}; "
+          f"{os.cpu_count()} cores; threads {args.threads}; load average {load_average()}; torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = Path(tmp)
+        if not args.skip_embedded:
+            bench_model("embedded artist-shapes-tiny-zh", DEFAULT_MODEL, args, args.requests, args.repeats, logs)
+        if not args.skip_base:
+            base = ArtistPipeline.from_pretrained(DEFAULT_MODEL)
+            torch.manual_seed(0)
+            model = ArtistModel(build_config(args))
+            shape = "quick" if args.quick else "ARTIST-base"
+            folder = ArtistPipeline(model, base.tokenizer).save_pretrained(logs / "base")
+            del model, base
+            bench_model(f"{shape} shape, random weights", str(folder), args, args.base_requests, args.base_repeats, logs)
+
+
+if __name__ == "__main__":
+    main()
