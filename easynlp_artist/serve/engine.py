@@ -376,10 +376,7 @@ class Engine:
                 try:
                     self._step()
                 except Exception as exc:  # noqa: BLE001 - a failed batch step fails its requests, not the engine
-                    logger.exception("decoding step failed; failing %d running requests", len(self._running))
-                    for job in list(self._running):
-                        self._remove(job)
-                        self._fail(job, exc)
+                    self._fail_batch(list(self._running), exc, "decoding step")
                 self._leave_finished()
 
     def _guarded(self, job: Job, fn: Callable[[Job], None]) -> None:
@@ -389,6 +386,13 @@ class Engine:
             logger.exception("request %s failed", job.id)
             if job in self._running:
                 self._remove(job)
+            self._fail(job, exc)
+
+    def _fail_batch(self, jobs: list[Job], exc: BaseException, what: str) -> None:
+        """``what`` failed for all of ``jobs`` together: they leave the batch with the error."""
+        logger.error("%s failed; failing %d requests", what, len(jobs), exc_info=exc)
+        for job in jobs:
+            self._remove(job)
             self._fail(job, exc)
 
     def _drop_expired_waiting(self) -> None:
@@ -485,14 +489,14 @@ class Engine:
         for job in self._running:  # rows with the same settings are sampled together
             c = job.request.sampling
             groups.setdefault((c.guidance_scale, c.temperature, c.top_k, c.top_p), []).append(job)
+        failed = []
         for jobs in groups.values():
             try:
                 self._draw(jobs, logits)
             except Exception as exc:  # noqa: BLE001 - the group's requests fail, not the engine
-                logger.exception("sampling failed; failing %d requests", len(jobs))
-                for job in jobs:
-                    self._remove(job)
-                    self._fail(job, exc)
+                failed.append((jobs, exc))
+        for jobs, exc in failed:  # after every group has drawn: removing moves the others' slots
+            self._fail_batch(jobs, exc, "sampling")
 
     def _leave_finished(self) -> None:
         now = time.monotonic()
@@ -525,10 +529,7 @@ class Engine:
                 if job.cancelled.is_set():
                     self._fail(job, Cancelled("cancelled"))
                 else:
-                    self._finish(job)
-            except Exception as exc:  # noqa: BLE001 - one request's failure is its own
-                logger.exception("request %s failed", job.id)
-                self._fail(job, exc)
+                    self._guarded(job, self._finish)
             finally:
                 self._decoding.discard(job)
 
