@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.server_process import free_port
 
 from appzoo.args import CommonArgs, UsageError
 from appzoo.cli import main
@@ -141,17 +142,9 @@ def test_torchrun_command_one_and_several_machines():
         torchrun_command(argv, args, environ={"NODE_RANK": "3"})
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_nodes(env, argv):
     """Two `easynlp` launches as two machines (NODE_RANK 0 and 1, master on 127.0.0.1), one process each."""
-    port = _free_port()
+    port = free_port()
     launch = [sys.executable, "-m", "appzoo", "--worker_count=2", "--master_addr=127.0.0.1",
               f"--master_port={port}", *argv]
     nodes = [subprocess.Popen(launch, env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,

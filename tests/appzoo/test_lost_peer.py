@@ -6,6 +6,7 @@ within a bounded time with one line naming the lost rank, and no traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.server_process import free_port
 
 SCHEMA = "idx:str:1,x:float:4,y:float:1"
 PEER_TIMEOUT = 5  # seconds (--peer_timeout); the default is 60
@@ -26,10 +28,13 @@ def _train_argv(table: Path, ckpt: Path) -> list[str]:
             f"--peer_timeout={PEER_TIMEOUT}"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextlib.contextmanager
+def _taken_port():
+    """A port on 127.0.0.1 another program listens on, for the duration."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -75,7 +80,7 @@ def _kill_all(procs: list[subprocess.Popen], extra: list[int]) -> None:
 def two_nodes(toy_env, tmp_path, write_toy_table):
     """Start two nodes training for ever; yields (nodes, logs, workers of node 1); all killed after."""
     table = write_toy_table(tmp_path / "train.tsv", 32)
-    port = _free_port()
+    port = free_port()
     launch = [sys.executable, "-m", "appzoo", "--worker_count=2", "--master_addr=127.0.0.1",
               f"--master_port={port}", *_train_argv(table, tmp_path / "ckpt")]
     logs = [tmp_path / f"node{r}.err" for r in (0, 1)]
@@ -156,10 +161,7 @@ def test_a_process_that_cannot_open_the_run_store_says_so_in_one_line(toy_env, t
     """A worker started by a scheduler (WORLD_SIZE, RANK, MASTER_ADDR/PORT in its environment, as PAI-DLC
     sets them) whose store port is taken by another program: one line naming the address, exit 1."""
     table = write_toy_table(tmp_path / "train.tsv", 8)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with _taken_port() as port:
         env = {**toy_env, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         proc = subprocess.run([sys.executable, "-m", "appzoo", *_train_argv(table, tmp_path / "ckpt")], env=env,
@@ -177,10 +179,7 @@ def test_a_launcher_whose_master_port_is_taken_says_so_in_one_line(toy_env, tmp_
     """Node 0 of a two-machine run whose --master_port is taken: torchrun's agent cannot open the run's
     store; one line naming --master_addr/--master_port instead of torchrun's traceback."""
     table = write_toy_table(tmp_path / "train.tsv", 8)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with _taken_port() as port:
         proc = subprocess.run([sys.executable, "-m", "appzoo", "--worker_gpu=1", "--worker_count=2",
                                "--master_addr=127.0.0.1", f"--master_port={port}",
                                *_train_argv(table, tmp_path / "ckpt")],
