@@ -101,7 +101,8 @@ def _new_model(params: ArtistParams, store: EntityStore | None) -> tuple[ArtistM
     gpt_fields = {k: getattr(sizes, k) for k in ("text_len", "n_layer", "n_head", "n_embd") if getattr(sizes, k) is not None}
     config = ArtistConfig.build(
         vq_cfg, text_vocab_size=len(tokenizer.get_vocab()), entity_dim=store.dim if store is not None else None,
-        caption_dropout=_or(params.training.caption_dropout, 0.0), **gpt_fields,
+        caption_dropout=_or(params.training.caption_dropout, 0.0),
+        mention_dropout=_or(params.training.mention_dropout, 0.0), **gpt_fields,
     )
     model = ArtistModel(config)
     if vqgan_state is not None:
@@ -149,6 +150,7 @@ def load_pipeline(args: CommonArgs, params: ArtistParams, device: torch.device) 
         added = pipe.add_entities(extra)
         logger.info("added %d entities from %s: %s", len(added), extra, ", ".join(added[:10]))
     given = {k: v for k, v in (("caption_dropout", params.training.caption_dropout),
+                               ("mention_dropout", params.training.mention_dropout),
                                ("knowledge_fusion", params.knowledge.knowledge_fusion)) if v is not None}
     if given:
         gpt_cfg = dataclasses.replace(pipe.model.config.gpt, **given)

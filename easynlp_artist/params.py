@@ -65,6 +65,8 @@ class SizeParams:
 class TrainingParams:
     stage: Literal["gpt", "vqgan"] = param("gpt", "which stage --mode=train trains")
     caption_dropout: float | None = param(None, "stage 2: drop this fraction of captions so guidance works")
+    mention_dropout: float | None = param(
+        None, "stage 2: in this fraction of captions, entity mentions become random tokens (the vector carries the look)")
     code_cache_dir: str | None = param(
         None, "where image codes are cached (default: code_cache/ beside --checkpoint_dir)")
     overwrite_output_dir: bool = param(False, "train into a --checkpoint_dir that already holds a run")

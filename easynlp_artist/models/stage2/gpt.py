@@ -41,12 +41,13 @@ from easynlp_artist.knowledge.batch import KnowledgeInputs
 from easynlp_artist.models.fields import from_dict
 
 KNOWLEDGE_FUSIONS = ("input", "output")
+BERT_CHINESE_VOCAB_SIZE = 21128
 
 
 @dataclass
 class GPTConfig:
     img_vocab_size: int = 16384  # image codes = VQGAN codebook size
-    text_vocab_size: int = 21128  # BERT Chinese WordPiece
+    text_vocab_size: int = BERT_CHINESE_VOCAB_SIZE  # BERT Chinese WordPiece
     text_len: int = 32
     img_len: int = 256  # image tokens = (resolution / downsampling factor) ** 2
     n_layer: int = 12
@@ -58,6 +59,7 @@ class GPTConfig:
     entity_dim: int | None = None  # width of entity vectors; None = no knowledge fusion
     knowledge_fusion: str = "input"  # "input" (per token, before the blocks) or "output" (the release's)
     caption_dropout: float = 0.0  # training only: drop text + entities so guidance has p(image)
+    mention_dropout: float = 0.0  # training only: random tokens for mentions (the vector carries the look)
 
     def __post_init__(self) -> None:
         for name in ("img_vocab_size", "text_vocab_size", "text_len", "img_len", "n_layer", "n_head", "n_embd"):
@@ -69,7 +71,7 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.entity_dim must be positive or None, got {self.entity_dim}")
         if self.knowledge_fusion not in KNOWLEDGE_FUSIONS:
             raise ValueError(f"GPTConfig.knowledge_fusion must be one of {KNOWLEDGE_FUSIONS}, got {self.knowledge_fusion!r}")
-        for name in ("embd_pdrop", "resid_pdrop", "attn_pdrop", "caption_dropout"):
+        for name in ("embd_pdrop", "resid_pdrop", "attn_pdrop", "caption_dropout", "mention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
 
@@ -255,6 +257,13 @@ class ArtistGPT(nn.Module):
     def pad_text_id(self) -> int:
         return 0
 
+    @property
+    def ordinary_text_ids(self) -> tuple[int, int]:
+        """[low, high) of the text ids past the special tokens (what mention dropout draws from)."""
+        # specials first: BERT Chinese's [PAD] [unused1-99] [UNK] [CLS] [SEP] [MASK] are 0..103, char_vocab's 5 are 0..4
+        low = 104 if self.config.text_vocab_size == BERT_CHINESE_VOCAB_SIZE else 5
+        return low, self.config.text_vocab_size
+
     # ---- embedding -------------------------------------------------------------------------------
 
     def embed_text(self, text_ids: torch.Tensor, knowledge: KnowledgeInputs | None) -> torch.Tensor:
@@ -316,6 +325,18 @@ class ArtistGPT(nn.Module):
 
     # ---- training / scoring ----------------------------------------------------------------------
 
+    def _drop_mentions(self, text_ids: torch.Tensor, knowledge: KnowledgeInputs | None) -> torch.Tensor:
+        """In a ``mention_dropout`` fraction of rows, every token an entity covers becomes a random
+        ordinary token (the entities stay), so the vector, not the name's characters, carries the look."""
+        p = self.config.mention_dropout
+        if not (self.training and p > 0) or knowledge is None:
+            return text_ids
+        B, Tt = text_ids.shape
+        drop = torch.rand(B, device=text_ids.device) < p  # (B,)
+        covered = knowledge.coverage(Tt).any(-1) & drop[:, None]  # (B, Tt)
+        random_ids = torch.randint(*self.ordinary_text_ids, (B, Tt), dtype=text_ids.dtype, device=text_ids.device)
+        return torch.where(covered, random_ids, text_ids)
+
     def _drop_captions(
         self, text_ids: torch.Tensor, knowledge: KnowledgeInputs | None
     ) -> tuple[torch.Tensor, KnowledgeInputs | None]:
@@ -336,6 +357,7 @@ class ArtistGPT(nn.Module):
         Position ``text_len - 1 + i`` predicts image token ``i``; the last image token is never
         an input.
         """
+        text_ids = self._drop_mentions(text_ids, knowledge)
         text_ids, knowledge = self._drop_captions(text_ids, knowledge)
         Tt = self.config.text_len
         x = torch.cat([self.embed_text(text_ids, knowledge), self.tok_emb(image_ids[:, :-1])], dim=1)

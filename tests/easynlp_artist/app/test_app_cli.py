@@ -49,7 +49,8 @@ def trained(tmp_path_factory):
     proc = run_cli(
         *common, "--mode=train", f"--tables={w['train']},{w['valid']}", f"--checkpoint_dir={root / 'gpt'}",
         "--epoch_num=2", f"--user_defined_parameters=vqgan_ckpt_path={root / 'vq' / 'last'} {TINY_GPT} "
-        f"entity_emb_path={w['entity_emb']} entity_map={w['entity_map']} caption_dropout=0.2", cwd=root,
+        f"entity_emb_path={w['entity_emb']} entity_map={w['entity_map']} caption_dropout=0.2 mention_dropout=0.3",
+        cwd=root,
     )
     assert proc.returncode == 0, proc.stderr
     return root, w
@@ -62,11 +63,25 @@ def test_train_writes_a_loadable_checkpoint_with_knowledge(trained):
     assert {"config.json", "model.safetensors", "vocab.txt", "entities.safetensors", "trainer_state.pt"} <= names
     pipe = ArtistPipeline.from_pretrained(last)
     assert pipe.model.config.gpt.entity_dim == 6 and pipe.model.config.gpt.caption_dropout == 0.2
+    assert pipe.model.config.gpt.mention_dropout == 0.3
     # the stage-1 weights were taken over unchanged (stage 2 keeps the VQGAN frozen)
     vq = ArtistPipeline.from_pretrained(root / "vq" / "last").model.vqgan.state_dict()
     assert all(torch.equal(v, pipe.model.vqgan.state_dict()[k]) for k, v in vq.items())
     # codes were cached once per table and reused by the validation pass
     assert len(list((root / "gpt" / "code_cache").glob("codes-*.safetensors"))) == 2
+
+
+@pytest.mark.parametrize("given, expected", [("", (0.1, 0.0)), ("caption_dropout=0.2 mention_dropout=0.3", (0.2, 0.3))])
+def test_fine_tuning_takes_the_dropouts_given(given, expected):
+    from appzoo.args import CommonArgs
+    from appzoo.params import parse_user_defined_parameters
+    from easynlp_artist.loading import load_pipeline
+    from easynlp_artist.params import ArtistParams
+
+    udp = parse_user_defined_parameters(f"pretrain_model_name_or_path=artist-shapes-tiny-zh {given}", ArtistParams)
+    pipe = load_pipeline(CommonArgs(mode="train"), udp, torch.device("cpu"))
+    for cfg in (pipe.model.config.gpt, pipe.model.gpt.config):  # the embedded model's own: 0.1 and 0.0
+        assert (cfg.caption_dropout, cfg.mention_dropout) == expected
 
 
 def test_evaluate_reports_metrics_as_json(trained):

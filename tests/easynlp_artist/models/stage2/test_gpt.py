@@ -16,6 +16,7 @@ from easynlp_artist.models.stage2.sampling import (
     guide,
     sample_image_tokens,
 )
+from easynlp_artist.tokenization import char_vocab, load_tokenizer, write_vocab
 
 
 def test_config_derives_sizes_and_validates():
@@ -107,6 +108,67 @@ def test_caption_dropout_only_in_training():
     assert torch.equal(dropped_text[~rows], text[~rows])
     drops = [model._drop_captions(text, None)[0].eq(0).all(1).float().mean() for _ in range(400)]
     assert abs(torch.stack(drops).mean().item() - 0.5) < 0.08
+
+
+@pytest.mark.parametrize("p", [1.0, -0.1])
+def test_mention_dropout_is_a_probability_below_one(p):
+    with pytest.raises(ValueError, match=r"mention_dropout must be in \[0, 1\)"):
+        GPTConfig(mention_dropout=p)
+
+
+def test_mention_dropout_feeds_random_ordinary_tokens_exactly_where_entities_are(tmp_path, monkeypatch):
+    # the special ids of a real vocabulary of the model's size (char_vocab's, as small models use)
+    write_vocab(char_vocab("海王星蓝色的球一个大小红绿黄紫白黑圆方形三角天空地面")[: TINY["text_vocab_size"]], tmp_path / "v.txt")
+    tokenizer = load_tokenizer(tmp_path / "v.txt")
+    assert len(tokenizer) == TINY["text_vocab_size"]
+    special = torch.tensor(tokenizer.all_special_ids)
+    model = tiny(entity_dim=4, mention_dropout=0.999).train()
+    text, img = batch()
+    k = knowledge()
+    covered = k.coverage(TINY["text_len"]).any(-1)  # (B, Tt); row 2 has no entity
+    fed, fused_with = [], []
+    model.tok_emb.register_forward_pre_hook(lambda m, args: fed.append(args[0] - TINY["img_vocab_size"]))
+    embed_text = model.embed_text
+    monkeypatch.setattr(model, "embed_text", lambda ids, know: fused_with.append(know) or embed_text(ids, know))
+    changed = torch.zeros_like(covered)
+    for seed in range(20):
+        fed.clear()
+        torch.manual_seed(seed)
+        model.image_logits(text, img, k)
+        ids = fed[0]  # the text tokens the model embedded (the first lookup; the image codes follow)
+        assert torch.equal(ids[~covered], text[~covered]), "only covered tokens may change"
+        assert not torch.isin(ids[covered], special).any(), "a replacement must not be a special token"
+        assert ((ids >= 0) & (ids < TINY["text_vocab_size"])).all()
+        changed |= ids != text
+        assert fused_with[-1] is k, "the entities go in unchanged"
+    # a covered token keeps its id only when the random draw repeats it (1 in 25): 20 runs replace each
+    assert torch.equal(changed, covered)
+    assert torch.equal(model._drop_mentions(text, None), text), "no knowledge: nothing to drop"
+    half, blank = tiny(entity_dim=4, mention_dropout=0.5).train(), torch.zeros_like(text)
+    draws = []
+    for seed in (3, 3, 4, 4):
+        torch.manual_seed(seed)
+        draws.append(torch.stack([half._drop_mentions(text, k) for _ in range(4)]))
+    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[2], draws[3]), "torch.manual_seed reproduces it"
+    assert not torch.equal(draws[0], draws[2])
+    # each row is dropped on its own with probability p (rows 0 and 1 have entities; an all-[PAD]
+    # text shows every drop, as no replacement is [PAD])
+    rows = torch.stack([half._drop_mentions(blank, k)[:2].ne(0).any(1) for _ in range(400)]).float()  # (400, 2)
+    assert abs(rows[:, 0].mean().item() - 0.5) < 0.08 and abs(rows[:, 1].mean().item() - 0.5) < 0.08
+    assert abs((rows[:, 0] * rows[:, 1]).mean().item() - 0.25) < 0.06
+
+
+def test_mention_dropout_not_in_eval_prefill_or_sampling():
+    model, plain = tiny(entity_dim=4, mention_dropout=0.999), tiny(entity_dim=4)  # the same weights
+    text, img = batch()
+    k = knowledge()
+    assert torch.equal(model.image_logits(text, img, k), plain.image_logits(text, img, k))
+    model.train(), plain.train()  # (the tiny model has no other dropout)
+    assert torch.equal(model.prefill(text, k, None), plain.prefill(text, k, None))
+    s = SamplingConfig(top_k=5)
+    draw = lambda m: sample_image_tokens(m, text, k, sampling=s, generator=torch.Generator().manual_seed(4))  # noqa: E731
+    assert torch.equal(draw(model), draw(plain))
+    assert not torch.equal(model.image_logits(text, img, k), plain.image_logits(text, img, k))  # training does drop
 
 
 def test_sampling_with_guidance_cache_equals_recompute():
