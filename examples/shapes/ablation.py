@@ -4,14 +4,15 @@
         --prompts world/eval_prompts.tsv --samples 20 --out bench/knowledge.md \\
         [--sampling guidance_scale=1 "guidance_scale=1,top_p=0.9" ...]
 
-For every prompt of ``eval_prompts.tsv`` (kinds: attribute, seen_entity, heldout_entity) both models
-draw ``--samples`` images with the same seeds; the deterministic attribute reader decides colour
+For every prompt of ``eval_prompts.tsv`` (kinds: attribute, seen_entity, heldout_entity; each in a
+phrasing family, some of them never in training) both models draw ``--samples`` images with the
+same seeds; the deterministic attribute reader decides colour
 and shape of each, and an image counts as correct when both match the prompt. Generated images
 smaller than the world's 64 px are upscaled (bicubic) before reading — the same step is applied to
 the "ceiling" row, ground-truth renders passed through the model's own VQGAN, which shows how much
 of any error is stage 1's. Intervals: Wilson 95% for each accuracy; for the difference between
 the models, a 95% bootstrap interval that resamples prompts (samples of one prompt are not
-independent).
+independent). Tables: per kind; per kind and phrasing family; per held-out entity (all families).
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ from easynlp_artist.pipeline import ArtistPipeline
 from modelzoo.files import atomic_path
 
 from .attributes import read_attributes
+from .knowledge import held_out_entities
 from .palette import IMAGE_SIZE
-from .world import render
+from .world import PHRASING_BY_NAME, render
 
 KINDS = ("attribute", "seen_entity", "heldout_entity")
+PROMPTS_PER_CALL = 16
 Z95 = 1.959963984540054
 
 
@@ -47,22 +50,31 @@ class Prompt:
     text: str
     colour: str
     shape: str
+    family: str = ""  # phrasing family; "" in prompt files without the column
 
 
 @dataclass
 class Tally:
-    # per prompt: number of samples with colour and shape both right
-    hits: dict[str, list[int]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    prompts: list[Prompt]
+    hits: list[int] = field(default_factory=list)  # per prompt: samples with colour and shape both right
+
+    def select(self, keep) -> list[int]:
+        return [h for p, h in zip(self.prompts, self.hits, strict=True) if keep(p)]
 
 
 def read_prompts(path: str) -> list[Prompt]:
     with open(path, encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    prompts = [Prompt(r["kind"], r["prompt"], r["colour"], r["shape"]) for r in rows]
+    prompts = [Prompt(r["kind"], r["prompt"], r["colour"], r["shape"], r.get("family") or "") for r in rows]
     bad = sorted({p.kind for p in prompts} - set(KINDS))
     if bad:
         raise ValueError(f"{path}: unknown kinds {bad}")
     return prompts
+
+
+def family_label(family: str) -> str:
+    held = family in PHRASING_BY_NAME and PHRASING_BY_NAME[family].held_out
+    return f"{family} (held out)" if held else family or "all"
 
 
 def correct(img: Image.Image, colour: str, shape: str) -> bool:
@@ -93,11 +105,17 @@ def bootstrap_difference(a: list[int], b: list[int], samples: int, rounds: int =
 
 @torch.no_grad()
 def score(pipe: ArtistPipeline, prompts: Sequence[Prompt], samples: int, seed: int, sampling: dict) -> Tally:
-    tally = Tally()
-    for i, p in enumerate(prompts):
-        gen = torch.Generator().manual_seed(seed * 100_003 + i)
-        out = pipe(p.text, num_images_per_prompt=samples, generator=gen, sampling=SamplingConfig(**sampling))
-        tally.hits[p.kind].append(sum(correct(img, p.colour, p.shape) for img in out.images))
+    """Prompts go through the pipeline in groups, each with its own generator (seeded by its index),
+    so a prompt draws what it would draw alone."""
+    tally = Tally(list(prompts))
+    for start in range(0, len(prompts), PROMPTS_PER_CALL):
+        group = prompts[start : start + PROMPTS_PER_CALL]
+        gens = [torch.Generator().manual_seed(seed * 100_003 + start + j) for j in range(len(group))]
+        out = pipe([p.text for p in group], num_images_per_prompt=samples, generator=gens,
+                   sampling=SamplingConfig(**sampling))
+        for j, p in enumerate(group):
+            images = out.images[j * samples : (j + 1) * samples]  # prompt-major order
+            tally.hits.append(sum(correct(img, p.colour, p.shape) for img in images))
     return tally
 
 
@@ -144,16 +162,40 @@ def describe(sampling: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in sampling.items()) or "plain sampling"
 
 
-def report(
-    results: dict[str, Tally], ceil: tuple[int, int], args: argparse.Namespace, n_prompts: dict, sampling: dict
-) -> str:
+def table_row(label: str, a: list[int], b: list[int], samples: int) -> str:
+    """One markdown row: the knowledge model's hits ``a`` and the plain model's ``b``, per prompt."""
+    n = len(a) * samples
+    ka, pa = sum(a), sum(b)
+    lo_k, hi_k = wilson(ka, n)
+    lo_p, hi_p = wilson(pa, n)
+    lo_d, hi_d = bootstrap_difference(a, b, samples)
+    return (
+        f"| {label} | {len(a)} × {samples} | {100 * ka / n:.1f}% [{100 * lo_k:.1f}, {100 * hi_k:.1f}] "
+        f"| {100 * pa / n:.1f}% [{100 * lo_p:.1f}, {100 * hi_p:.1f}] "
+        f"| {100 * (ka - pa) / n:+.1f} [{100 * lo_d:+.1f}, {100 * hi_d:+.1f}] |"
+    )
+
+
+HEADER = [
+    "| prompts | n prompts × samples | knowledge | no knowledge | difference (points) |",
+    "|---|---|---|---|---|",
+]
+
+
+def report(results: dict[str, Tally], ceil: tuple[int, int], args: argparse.Namespace, sampling: dict) -> str:
     k, pl = results["knowledge"], results["plain"]
+    samples = args.samples
+
+    def rows(label: str, keep) -> list[str]:
+        a, b = k.select(keep), pl.select(keep)
+        return [table_row(label, a, b, samples)] if a else []
+
     lines = [
         f"# Knowledge ablation in the shapes world — {describe(sampling)}",
         "",
         f"Measured {datetime.date.today().isoformat()} on {platform.machine()} "
         f"({os.cpu_count()} cores, CPU) with `python -m examples.shapes.ablation` "
-        f"(samples per prompt: {args.samples}, seed {args.seed}; sampling: {describe(sampling)}; "
+        f"(samples per prompt: {samples}, seed {args.seed}; sampling: {describe(sampling)}; "
         f"anything not named is plain: no top-k/top-p, temperature 1, guidance 1).",
         "",
         f"- knowledge model: `{args.knowledge}`",
@@ -162,23 +204,19 @@ def report(
         "An image is correct when the attribute reader finds both the colour and the shape the prompt asks "
         "for. Accuracies with Wilson 95% intervals; the difference with a 95% bootstrap interval over prompts.",
         "",
-        "| prompts | n prompts × samples | knowledge | no knowledge | difference (points) |",
-        "|---|---|---|---|---|",
+        *HEADER,
     ]
     for kind in KINDS:
-        a, b = k.hits[kind], pl.hits[kind]
-        n = len(a) * args.samples
-        if n == 0:
-            continue
-        ka, pa = sum(a), sum(b)
-        lo_k, hi_k = wilson(ka, n)
-        lo_p, hi_p = wilson(pa, n)
-        lo_d, hi_d = bootstrap_difference(a, b, args.samples)
-        lines.append(
-            f"| {kind} | {len(a)} × {args.samples} | {100 * ka / n:.1f}% [{100 * lo_k:.1f}, {100 * hi_k:.1f}] "
-            f"| {100 * pa / n:.1f}% [{100 * lo_p:.1f}, {100 * hi_p:.1f}] "
-            f"| {100 * (ka - pa) / n:+.1f} [{100 * lo_d:+.1f}, {100 * hi_d:+.1f}] |"
-        )
+        lines += rows(kind, lambda p, kind=kind: p.kind == kind)
+    families = list(dict.fromkeys(p.family for p in k.prompts))
+    if families != [""]:
+        lines += ["", "By phrasing family (held-out families never occur in training captions):", "", *HEADER]
+        for kind in KINDS:
+            for family in families:
+                lines += rows(f"{kind}, {family_label(family)}", lambda p, kind=kind, f=family: (p.kind, p.family) == (kind, f))
+    lines += ["", "Per held-out entity, all families together:", "", *HEADER]
+    for entity in held_out_entity_names(k.prompts):
+        lines += rows(entity, lambda p, e=entity: p.kind == "heldout_entity" and e in p.text)
     hc, tc = ceil
     lo, hi = wilson(hc, tc)
     lines += [
@@ -190,12 +228,17 @@ def report(
     return "\n".join(lines)
 
 
+def held_out_entity_names(prompts: Sequence[Prompt]) -> list[str]:
+    """The held-out entities the prompts name, in graph order."""
+    return [e.name for e in held_out_entities() if any(p.kind == "heldout_entity" and e.name in p.text for p in prompts)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m examples.shapes.ablation", description=__doc__.split("\n")[0])
     p.add_argument("--knowledge", required=True, help="checkpoint with entity vectors")
     p.add_argument("--plain", required=True, help="the same recipe without knowledge")
     p.add_argument("--prompts", required=True, help="eval_prompts.tsv of the world")
-    p.add_argument("--samples", type=int, default=20, help="images per prompt and model")
+    p.add_argument("--samples", type=int, default=4, help="images per prompt and model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampling", nargs="+", type=parse_sampling, default=[{}],
                    help="one table per item, e.g. guidance_scale=2 or 'top_p=0.9,temperature=0.8' (same seeds)")
@@ -205,11 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     prompts = read_prompts(args.prompts)
     pipes = {name: ArtistPipeline.from_pretrained(getattr(args, name)) for name in ("knowledge", "plain")}
     ceil = ceiling(pipes["knowledge"], prompts, args.samples, args.seed)
-    n_prompts = {k: sum(p.kind == k for p in prompts) for k in KINDS}
     sections = []
     for sampling in args.sampling:
         results = {name: score(pipe, prompts, args.samples, args.seed, explicit(sampling)) for name, pipe in pipes.items()}
-        sections.append(report(results, ceil, args, n_prompts, sampling))
+        sections.append(report(results, ceil, args, sampling))
     text = "\n".join(sections)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out) as tmp:

@@ -2,7 +2,7 @@
 
     python -m examples.shapes.editing --model artist-shapes-tiny-zh --samples 20 --out bench/knowledge.md
 
-1. **Re-derived held-out entities.** The 12 held-out entities (never in a caption, known only through
+1. **Re-derived held-out entities.** The held-out entities (never in a caption, known only through
    the graph) lose their trained TransE vectors; ``pipe.add_entities`` derives new ones from their
    triples with everything trained frozen. Their prompts are drawn with the trained vectors, the
    derived ones and none (same seeds, same prompts as ``ablation``).
@@ -63,7 +63,7 @@ def facts_of(triples: Sequence[tuple[str, str, str]], names: Sequence[str]) -> d
 
 
 def hits(pipe: ArtistPipeline, prompts: list[Prompt], args: argparse.Namespace) -> list[int]:
-    return score(pipe, prompts, args.samples, args.seed, args.sampling).hits[KIND]
+    return score(pipe, prompts, args.samples, args.seed, args.sampling).hits
 
 
 def accuracy(h: list[int], samples: int) -> str:

@@ -3,7 +3,9 @@
 Each image is 64×64 RGB and shows one shape (circle, square, triangle, star) in one of six colours
 on a white, black or grey background, at a varied position and size. Captions are Chinese and
 either name the attributes ("一个红色的圆形在白色背景上") or name a real-world entity ("白色背景上的番茄"),
-the image then showing that entity's colour and shape. Held-out entities never appear in captions.
+the image then showing that entity's colour and shape, in one of several phrasing families (word
+orders, measure words, commands, short forms; ``PHRASINGS``). Held-out entities and held-out
+families never appear in training or validation captions.
 
     python -m examples.shapes.world --out DIR --seed 0 [--n_train N --n_valid N --n_test_prompts N]
 
@@ -11,8 +13,8 @@ writes (all atomically, deterministic from the seed, byte for byte):
 
 - ``train.tsv``, ``valid.tsv``: ``idx\\ttext\\timgbase64`` (no header; base64 PNG, standard alphabet)
 - ``test.tsv``: ``idx\\ttext``
-- ``eval_prompts.tsv``: header ``kind\\tprompt\\tcolour\\tshape``; kind ∈ attribute, seen_entity,
-  heldout_entity
+- ``eval_prompts.tsv``: header ``kind\\tprompt\\tcolour\\tshape\\tfamily``; kind ∈ attribute,
+  seen_entity, heldout_entity; family ∈ the phrasing families
 - ``triples.tsv``: ``head\\trelation\\ttail``; ``entity2id.txt`` and ``relation2id.txt``: first line the
   count, then ``name\\tid``
 - ``entities.json``: vocabularies with RGB values, entities with colour/shape/held-out flag, counts
@@ -36,6 +38,7 @@ from modelzoo.files import write_text_atomic
 
 from .knowledge import (
     ENTITIES,
+    MEASURE_WORDS,
     Entity,
     build_triples,
     graph_nodes,
@@ -70,25 +73,56 @@ STAR_INNER_RATIO = 0.4
 ENTITY_CAPTION_FRACTION = 0.5
 """Share of training/validation captions that name an entity rather than the attributes."""
 
-ATTRIBUTE_TEMPLATES: tuple[str, ...] = (
-    "一个{colour}的{shape}在{background}背景上",
-    "{background}背景上有一个{colour}{shape}",
-    "{background}背景上的{colour}{shape}",
-    "一个{colour}的{shape}",
-    "{colour}的{short}",
-    "画一个{colour}的{shape}",
+@dataclass(frozen=True)
+class Phrasing:
+    """A family of captions: how people word "a red circle" and "a tomato" in one way.
+
+    Attribute templates use {colour} {shape} {short} {background} {mw}; entity templates {entity}
+    {background} {mw} ({mw}: the measure word of the shape or of the entity's category). Families
+    marked ``held_out`` never occur in training or validation captions; the ablation reports them
+    apart, so that its figure measures phrasings the model has not seen."""
+
+    name: str
+    attribute: tuple[str, ...]
+    entity: tuple[str, ...]
+    held_out: bool = False
+
+
+PHRASINGS: tuple[Phrasing, ...] = (
+    Phrasing("template", ("一个{colour}的{shape}",), ("一个{entity}",)),
+    Phrasing(
+        "background",
+        ("一个{colour}的{shape}在{background}背景上", "{background}背景上有一个{colour}{shape}", "{background}背景上的{colour}{shape}"),
+        ("{background}背景上的{entity}", "一个{entity}在{background}背景上", "{background}背景上有一个{entity}"),
+    ),
+    Phrasing("command", ("画一个{colour}的{shape}", "请画一{mw}{colour}的{short}"), ("画一个{entity}", "请画一{mw}{entity}")),
+    Phrasing("short", ("{colour}{shape}", "{colour}的{short}"), ("{entity}", "{entity}的图片")),
+    Phrasing("shape_first", ("一个{shape}，{colour}的", "{shape}，颜色是{colour}"), ("{entity}，{background}背景",)),
+    Phrasing("measure_word", ("一{mw}{colour}的{shape}", "一{mw}{colour}{short}"), ("一{mw}{entity}",)),
+    Phrasing(
+        "context",
+        ("桌上放着一{mw}{colour}的{shape}", "我看见{background}背景前有{colour}的{short}"),
+        ("桌上放着一{mw}{entity}", "我看见{background}背景前有{entity}"),
+        held_out=True,
+    ),
+    Phrasing(
+        "request",
+        ("帮我画一张{colour}{shape}的图", "{shape}要{colour}的"),
+        ("帮我画一张{entity}的图", "想要一{mw}{entity}"),
+        held_out=True,
+    ),
 )
 
-ENTITY_TEMPLATES: tuple[str, ...] = (
-    "一个{entity}",
-    "{background}背景上的{entity}",
-    "一个{entity}在{background}背景上",
-    "{background}背景上有一个{entity}",
-    "画一个{entity}",
-)
+TRAIN_PHRASINGS = tuple(p for p in PHRASINGS if not p.held_out)
+PHRASING_BY_NAME = {p.name: p for p in PHRASINGS}
 
-EVAL_ATTRIBUTE_TEMPLATE = "一个{colour}的{shape}"
-EVAL_ENTITY_TEMPLATE = "一个{entity}"
+SHAPE_MEASURE_WORDS = {"圆形": "颗", "正方形": "块", "三角形": "块", "星形": "颗"}
+
+EVAL_ENTITY_TEMPLATE = PHRASINGS[0].entity[0]
+"""The plainest entity prompt, 一个{entity}."""
+
+MAX_CAPTION_CHARS = 14
+"""Longest caption of the world: with [CLS] and [SEP] it fits the recipe's text_len of 16."""
 
 EVAL_KINDS = ("attribute", "seen_entity", "heldout_entity")
 
@@ -219,12 +253,16 @@ def decode_base64_image(text: str) -> Image.Image:
 
 def attribute_caption(template: str, colour: str, shape: str, background: str) -> str:
     return template.format(
-        colour=colour, shape=shape, short=SHAPE_BY_NAME[shape].short, background=background
+        colour=colour,
+        shape=shape,
+        short=SHAPE_BY_NAME[shape].short,
+        background=background,
+        mw=SHAPE_MEASURE_WORDS[shape],
     )
 
 
-def entity_caption(template: str, entity: str, background: str) -> str:
-    return template.format(entity=entity, background=background)
+def entity_caption(template: str, entity: Entity, background: str) -> str:
+    return template.format(entity=entity.name, background=background, mw=MEASURE_WORDS[entity.category])
 
 
 def _pick(rng: np.random.Generator, items: Sequence):
@@ -232,20 +270,22 @@ def _pick(rng: np.random.Generator, items: Sequence):
 
 
 def sample_examples(rng: np.random.Generator, n: int, entities: Sequence[Entity]) -> list[Example]:
-    """``n`` caption/scene pairs: a share name an entity from ``entities``, the rest name attributes."""
+    """``n`` caption/scene pairs: a share name an entity from ``entities``, the rest name attributes.
+
+    Each caption's phrasing family is drawn from the training families, then a template of it."""
     examples = []
     for _ in range(n):
         if entities and rng.random() < ENTITY_CAPTION_FRACTION:
             entity = _pick(rng, entities)
             scene = random_scene(rng, entity.colour, entity.shape)
-            text = entity_caption(_pick(rng, ENTITY_TEMPLATES), entity.name, scene.background)
+            text = entity_caption(_pick(rng, _pick(rng, TRAIN_PHRASINGS).entity), entity, scene.background)
             examples.append(Example(text, scene, entity.name))
         else:
             colour = _pick(rng, COLOURS).name
             shape = _pick(rng, SHAPES).name
             scene = random_scene(rng, colour, shape)
-            text = attribute_caption(_pick(rng, ATTRIBUTE_TEMPLATES), colour, shape, scene.background)
-            examples.append(Example(text, scene, None))
+            template = _pick(rng, _pick(rng, TRAIN_PHRASINGS).attribute)
+            examples.append(Example(attribute_caption(template, colour, shape, scene.background), scene, None))
     return examples
 
 
@@ -255,24 +295,30 @@ class EvalPrompt:
     prompt: str
     colour: str
     shape: str
+    family: str = ""  # the phrasing family (PHRASINGS) it was written in; "" when not known
 
 
 def eval_prompts() -> list[EvalPrompt]:
-    """Every colour×shape pair, every seen entity, every held-out entity, one prompt each."""
-    prompts = [
-        EvalPrompt("attribute", EVAL_ATTRIBUTE_TEMPLATE.format(colour=c.name, shape=s.name), c.name, s.name)
-        for c in COLOURS
-        for s in SHAPES
-    ]
-    for kind, entities in (("seen_entity", seen_entities()), ("heldout_entity", held_out_entities())):
-        prompts.extend(
-            EvalPrompt(kind, EVAL_ENTITY_TEMPLATE.format(entity=e.name), e.colour, e.shape) for e in entities
-        )
+    """In every phrasing family: every colour×shape pair, every seen entity, every held-out entity.
+
+    Within a family, templates and backgrounds take turns (fixed order, no randomness)."""
+    prompts = []
+    for phrasing in PHRASINGS:
+        for i, (c, s) in enumerate((c, s) for c in COLOURS for s in SHAPES):
+            template = phrasing.attribute[i % len(phrasing.attribute)]
+            background = BACKGROUNDS[i % len(BACKGROUNDS)].name
+            text = attribute_caption(template, c.name, s.name, background)
+            prompts.append(EvalPrompt("attribute", text, c.name, s.name, phrasing.name))
+        for kind, entities in (("seen_entity", seen_entities()), ("heldout_entity", held_out_entities())):
+            for i, e in enumerate(entities):
+                template = phrasing.entity[i % len(phrasing.entity)]
+                text = entity_caption(template, e, BACKGROUNDS[i % len(BACKGROUNDS)].name)
+                prompts.append(EvalPrompt(kind, text, e.colour, e.shape, phrasing.name))
     return prompts
 
 
 def sample_test_prompts(rng: np.random.Generator, n: int) -> list[EvalPrompt]:
-    """``n`` prompts cycling through the three kinds, each drawn from that kind's templates."""
+    """``n`` prompts cycling through the three kinds, each in a family and template drawn from all families."""
     by_kind = {
         "seen_entity": seen_entities(),
         "heldout_entity": held_out_entities(),
@@ -281,25 +327,38 @@ def sample_test_prompts(rng: np.random.Generator, n: int) -> list[EvalPrompt]:
     for i in range(n):
         kind = EVAL_KINDS[i % len(EVAL_KINDS)]
         background = _pick(rng, BACKGROUNDS).name
+        phrasing = _pick(rng, PHRASINGS)
         if kind == "attribute":
             colour = _pick(rng, COLOURS).name
             shape = _pick(rng, SHAPES).name
-            text = attribute_caption(_pick(rng, ATTRIBUTE_TEMPLATES), colour, shape, background)
+            text = attribute_caption(_pick(rng, phrasing.attribute), colour, shape, background)
         else:
             entity = _pick(rng, by_kind[kind])
             colour, shape = entity.colour, entity.shape
-            text = entity_caption(_pick(rng, ENTITY_TEMPLATES), entity.name, background)
-        prompts.append(EvalPrompt(kind, text, colour, shape))
+            text = entity_caption(_pick(rng, phrasing.entity), entity, background)
+        prompts.append(EvalPrompt(kind, text, colour, shape, phrasing.name))
     return prompts
 
 
-def all_attribute_captions() -> list[str]:
-    """Every caption the attribute templates can produce."""
+def all_attribute_captions(phrasings: Sequence[Phrasing] = PHRASINGS) -> list[str]:
+    """Every caption the attribute templates of these families can produce."""
     return [
         attribute_caption(template, c.name, s.name, b.name)
-        for template in ATTRIBUTE_TEMPLATES
+        for phrasing in phrasings
+        for template in phrasing.attribute
         for c in COLOURS
         for s in SHAPES
+        for b in BACKGROUNDS
+    ]
+
+
+def all_entity_captions(phrasings: Sequence[Phrasing] = PHRASINGS) -> list[tuple[Entity, str]]:
+    """Every (entity, caption) the entity templates of these families can produce."""
+    return [
+        (entity, entity_caption(template, entity, b.name))
+        for phrasing in phrasings
+        for template in phrasing.entity
+        for entity in ENTITIES
         for b in BACKGROUNDS
     ]
 
@@ -320,13 +379,13 @@ def check_vocabulary() -> None:
         inside = [name for name in names if name in caption]
         if inside:
             raise ValueError(f"attribute caption {caption!r} contains entity names {inside}")
-    for entity in ENTITIES:
-        for template in ENTITY_TEMPLATES:
-            for background in BACKGROUNDS:
-                caption = entity_caption(template, entity.name, background.name)
-                inside = [name for name in names if name in caption]
-                if inside != [entity.name]:
-                    raise ValueError(f"entity caption {caption!r} contains entity names {inside}")
+    for entity, caption in all_entity_captions():
+        inside = [name for name in names if name in caption]
+        if inside != [entity.name]:
+            raise ValueError(f"entity caption {caption!r} contains entity names {inside}")
+    longest = max([*all_attribute_captions(), *(c for _, c in all_entity_captions())], key=len)
+    if len(longest) > MAX_CAPTION_CHARS:
+        raise ValueError(f"caption {longest!r} is longer than {MAX_CAPTION_CHARS} characters")
     seen_pairs = {(e.colour, e.shape) for e in seen_entities()}
     for e in ENTITIES:
         if e.colour not in COLOUR_BY_NAME or e.shape not in SHAPE_BY_NAME:
@@ -391,8 +450,8 @@ def build_world(
     write_text_atomic(
         out / "eval_prompts.tsv",
         _tsv(
-            [("kind", "prompt", "colour", "shape")]
-            + [(p.kind, p.prompt, p.colour, p.shape) for p in eval_prompts()]
+            [("kind", "prompt", "colour", "shape", "family")]
+            + [(p.kind, p.prompt, p.colour, p.shape, p.family) for p in eval_prompts()]
         ),
     )
 
@@ -421,8 +480,7 @@ def build_world(
         "shapes": [asdict(s) for s in SHAPES],
         "entities": [asdict(e) for e in ENTITIES],
         "held_out": [e.name for e in held_out_entities()],
-        "attribute_templates": list(ATTRIBUTE_TEMPLATES),
-        "entity_templates": list(ENTITY_TEMPLATES),
+        "phrasings": [asdict(p) for p in PHRASINGS],
         "relations": relations,
         "counts": {k: v for k, v in asdict(files).items() if k != "out_dir"},
     }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,11 @@ from examples.shapes.evaluate import parse_prompt, score_images  # noqa: E402
 from examples.shapes.knowledge import ENTITIES, ENTITY_BY_NAME, held_out_entities, seen_entities  # noqa: E402
 from examples.shapes.palette import BACKGROUNDS, COLOURS, IMAGE_SIZE, SHAPES  # noqa: E402
 from examples.shapes.world import (  # noqa: E402
-    ATTRIBUTE_TEMPLATES,
     EVAL_KINDS,
+    PHRASINGS,
+    TRAIN_PHRASINGS,
     all_attribute_captions,
+    all_entity_captions,
     build_world,
     decode_base64_image,
     eval_prompts,
@@ -102,16 +106,21 @@ def test_prompt_tables_parse(world: Path) -> None:
     test_rows = _rows(world / "test.tsv")
     assert len(test_rows) == N_TEST and all(len(r) == 2 for r in test_rows)
     eval_rows = _rows(world / "eval_prompts.tsv")
-    assert eval_rows[0] == ["kind", "prompt", "colour", "shape"]
+    assert eval_rows[0] == ["kind", "prompt", "colour", "shape", "family"]
     body = eval_rows[1:]
     assert {r[0] for r in body} == set(EVAL_KINDS)
+    assert {r[4] for r in body} == {p.name for p in PHRASINGS}
     colour_names, shape_names = {c.name for c in COLOURS}, {s.name for s in SHAPES}
     assert all(r[2] in colour_names and r[3] in shape_names for r in body)
-    assert sum(r[0] == "attribute" for r in body) == len(COLOURS) * len(SHAPES)
+    # every kind in every family: each pair, each seen and each held-out entity once
+    per_family = Counter((r[0], r[4]) for r in body)
+    for phrasing in PHRASINGS:
+        assert per_family["attribute", phrasing.name] == len(COLOURS) * len(SHAPES)
+        assert per_family["seen_entity", phrasing.name] == len(seen_entities())
+        assert per_family["heldout_entity", phrasing.name] == len(held_out_entities())
     held = {e.name for e in held_out_entities()}
     heldout_prompts = [r for r in body if r[0] == "heldout_entity"]
-    assert len(heldout_prompts) == len(held)
-    for _kind, prompt, colour, shape in heldout_prompts:
+    for _kind, prompt, colour, shape, _family in heldout_prompts:
         (name,) = [n for n in held if n in prompt]
         assert (ENTITY_BY_NAME[name].colour, ENTITY_BY_NAME[name].shape) == (colour, shape)
 
@@ -126,6 +135,25 @@ def test_held_out_entities_never_in_captions(world: Path) -> None:
     assert all((e.colour, e.shape) in seen_pairs for e in held_out_entities())
 
 
+def test_held_out_phrasings_never_in_captions(world: Path) -> None:
+    held_families = [p for p in PHRASINGS if p.held_out]
+    assert held_families and len(held_families) < len(PHRASINGS)
+    held_captions = {
+        c for p in held_families for c in all_captions_of(p)
+    }
+    trained_captions = {c for p in TRAIN_PHRASINGS for c in all_captions_of(p)}
+    assert not held_captions & trained_captions
+    for name in ("train.tsv", "valid.tsv"):
+        for _, text, _ in _rows(world / name):
+            assert text not in held_captions, text
+            assert text in trained_captions, text
+
+
+def all_captions_of(phrasing) -> set[str]:
+    only = (phrasing,)
+    return {c for c in all_attribute_captions(only)} | {c for _, c in all_entity_captions(only)}
+
+
 def test_captions_cover_entities_and_attributes(tmp_path: Path) -> None:
     build_world(tmp_path, seed=3, n_train=2000, n_valid=0, n_test_prompts=0)
     texts = [r[1] for r in _rows(tmp_path / "train.tsv")]
@@ -134,10 +162,20 @@ def test_captions_cover_entities_and_attributes(tmp_path: Path) -> None:
     pairs = {_expected_attributes(t) for t in texts if not any(e.name in t for e in ENTITIES)}
     assert len(pairs) == len(COLOURS) * len(SHAPES)
     assert (tmp_path / "valid.tsv").read_text(encoding="utf-8") == ""
+    # every template of every training family is drawn
+    for phrasing in TRAIN_PHRASINGS:
+        for template in phrasing.attribute:
+            assert set(texts) & set(all_attribute_captions([dataclasses.replace(phrasing, attribute=(template,))])), template
+        for template in phrasing.entity:
+            only = dataclasses.replace(phrasing, entity=(template,))
+            assert set(texts) & {c for _, c in all_entity_captions([only])}, template
 
 
 def test_knowledge_graph_covers_every_entity(world: Path) -> None:
-    assert len(ENTITIES) >= 40
+    assert len(ENTITIES) >= 150
+    # enough seen examples of every look to learn the map from vector to look
+    seen_per_pair = Counter((e.colour, e.shape) for e in seen_entities())
+    assert len(seen_per_pair) == len(COLOURS) * len(SHAPES) and min(seen_per_pair.values()) >= 4
     triples = _rows(world / "triples.tsv")
     assert all(len(t) == 3 for t in triples)
     id_lines = _rows(world / "entity2id.txt")
@@ -176,9 +214,14 @@ def test_training_images_show_what_captions_say(world: Path) -> None:
     assert correct / len(rows) >= 0.99
 
 
-def test_attribute_templates_name_colour_and_shape() -> None:
-    for template in ATTRIBUTE_TEMPLATES:
-        assert "{colour}" in template and ("{shape}" in template or "{short}" in template)
+def test_templates_name_colour_and_shape_or_entity() -> None:
+    for phrasing in PHRASINGS:
+        assert phrasing.attribute and phrasing.entity, phrasing.name
+        for template in phrasing.attribute:
+            assert "{colour}" in template and ("{shape}" in template or "{short}" in template)
+            assert "{entity}" not in template
+        for template in phrasing.entity:
+            assert "{entity}" in template and "{colour}" not in template and "{shape}" not in template
 
 
 def _reader_accuracy(degrade) -> float:
@@ -247,7 +290,7 @@ def test_cli_writes_the_world(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_parse_prompt_reads_every_prompt_of_the_world(world: Path) -> None:
     for prompt in eval_prompts():
-        assert parse_prompt(prompt.prompt) == prompt
+        assert parse_prompt(prompt.prompt) == dataclasses.replace(prompt, family="")
     for _, text in _rows(world / "test.tsv"):
         assert parse_prompt(text) is not None, text
     for caption in all_attribute_captions():
@@ -259,7 +302,8 @@ def test_parse_prompt_reads_every_prompt_of_the_world(world: Path) -> None:
 
 def test_scoring_ground_truth_and_wrong_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(READER_SEED)
-    prompts = eval_prompts()
+    prompts = eval_prompts()[::5]  # every kind, every family
+    assert {p.kind for p in prompts} == set(EVAL_KINDS) and {p.family for p in prompts} == {f.name for f in PHRASINGS}
     truth = [(p.prompt, render(p.colour, p.shape, rng=rng)) for p in prompts]
     scores, scored = score_images(truth)
     assert len(scored) == len(prompts)
@@ -299,3 +343,43 @@ def test_ablation_sampling_settings_parse_and_reject_unknown_keys() -> None:
         parse_sampling("topp=0.9")
     with pytest.raises(ValueError):
         parse_sampling("top_k=eight")
+
+
+def test_ablation_report_tables_by_family_and_held_out_entity() -> None:
+    import argparse
+
+    from examples.shapes.ablation import Prompt, Tally, report
+
+    samples = 4
+    held = held_out_entities()[:2]
+    held_family = next(p for p in PHRASINGS if p.held_out)
+    prompts = [
+        Prompt("attribute", "一个红色的圆形", "红色", "圆形", "template"),
+        Prompt("attribute", "红色圆形", "红色", "圆形", "short"),
+        Prompt("attribute", "桌上放着一颗红色的圆形", "红色", "圆形", held_family.name),
+        Prompt("heldout_entity", f"一个{held[0].name}", held[0].colour, held[0].shape, "template"),
+        Prompt("heldout_entity", f"{held[0].name}", held[0].colour, held[0].shape, "short"),
+        Prompt("heldout_entity", f"一个{held[1].name}", held[1].colour, held[1].shape, "template"),
+    ]
+    knowledge = Tally(prompts, [4, 3, 2, 4, 2, 1])
+    plain = Tally(prompts, [4, 1, 0, 0, 0, 1])
+    args = argparse.Namespace(samples=samples, seed=0, knowledge="K", plain="P")
+    text = report({"knowledge": knowledge, "plain": plain}, (10, 10), args, {"top_p": 0.9})
+    lines = text.splitlines()
+
+    def row(label: str) -> list[str]:
+        (line,) = [x for x in lines if x.startswith(f"| {label} |")]
+        return [c.strip() for c in line.strip("|").split("|")]
+
+    # per kind over all families: attribute 9/12 vs 5/12
+    assert row("attribute")[1] == "3 × 4" and row("attribute")[2].startswith(f"{100 * 9 / 12:.1f}%")
+    assert row("attribute")[3].startswith(f"{100 * 5 / 12:.1f}%")
+    assert row("attribute")[4].startswith(f"{100 * 4 / 12:+.1f}")
+    # per family, the held-out family is marked
+    assert row(f"attribute, {held_family.name} (held out)")[2].startswith(f"{100 * 2 / 4:.1f}%")
+    assert row("attribute, short")[2].startswith(f"{100 * 3 / 4:.1f}%")
+    assert row("heldout_entity, template")[2].startswith(f"{100 * 5 / 8:.1f}%")
+    # per held-out entity, all families together: the first 6/8, the second 1/4
+    assert row(held[0].name)[1] == "2 × 4" and row(held[0].name)[2].startswith("75.0%")
+    assert row(held[1].name)[2].startswith("25.0%") and row(held[1].name)[3].startswith("25.0%")
+    assert not any(x.startswith("| seen_entity") for x in lines)  # no prompts of that kind, no row
