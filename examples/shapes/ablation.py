@@ -247,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     prompts = read_prompts(args.prompts)
     pipes = {name: ArtistPipeline.from_pretrained(getattr(args, name)) for name in ("knowledge", "plain")}
+    for pipe in pipes.values():
+        pipe.set_progress_bar_config(disable=True)
     ceil = ceiling(pipes["knowledge"], prompts, args.samples, args.seed)
     sections = []
     for sampling in args.sampling:

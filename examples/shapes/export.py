@@ -21,14 +21,16 @@ from easynlp_artist.models.stage2.sampling import SamplingConfig
 from easynlp_artist.pipeline import ArtistPipeline
 
 from .ablation import describe, parse_sampling
+from .knowledge import ENTITIES, held_out_entities
 
 CARD = """# artist-shapes-tiny-zh
 
 A tiny ARTIST (VQGAN + knowledge-fused GPT) trained on this repository's synthetic shapes world
 (`examples/shapes/`) by `examples/shapes/train.sh`. It draws one coloured shape on a plain
 background from a Chinese caption. Its entity store holds the TransE vectors of the {entities} nodes of
-the world's knowledge graph (50 real-world entities, their colours, shapes and categories), so it
-also knows entities never named in a training caption (held out, e.g. 樱桃, 青柠, 海王星).
+the world's knowledge graph ({real} real-world entities, their colours, shapes and categories). {held} of
+them are never named in a training caption and known only through their vectors; which of those
+it draws right, and how often, is measured in the repository's `bench/knowledge.md`.
 
 - images: {size}×{size} px, {tokens} image tokens from a codebook of {codes}
 - GPT: {layers} layers, {width} wide, {heads} heads, text of up to {text_len} tokens; entity vectors of width {edim}
@@ -51,6 +53,7 @@ def export(src: str, dst: str, sampling: dict | None = None) -> Path:
         size_mb = sum(f.stat().st_size for f in out.iterdir()) / 2**20
         card = CARD.format(
             entities=len(pipe.entities) if pipe.entities is not None else 0,
+            real=len(ENTITIES), held=len(held_out_entities()),
             size=cfg.vqgan.resolution, tokens=cfg.gpt.img_len, codes=cfg.vqgan.n_embed,
             layers=cfg.gpt.n_layer, width=cfg.gpt.n_embd, heads=cfg.gpt.n_head, text_len=cfg.gpt.text_len,
             edim=cfg.gpt.entity_dim, params=sum(p.numel() for p in pipe.model.parameters()), mb=size_mb,

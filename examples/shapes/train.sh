@@ -67,6 +67,7 @@ done
 #    default, top_p 0.9, was chosen on other samples (seed 1) than the ablation's (seed 0).
 $PY -m examples.shapes.export --src "$WORK/knowledge/best" --dst easynlp_artist/resources/artist-shapes-tiny-zh \
     --sampling top_p=0.9
+$PY -m modelzoo manifest artist-shapes-tiny-zh  # its files' sizes and sha256 in modelzoo/index.json
 # Every kind of prompt in every phrasing family (1496 prompts), 4 samples each.
 $PY -m examples.shapes.ablation --knowledge "$WORK/knowledge/best" --plain "$WORK/plain/best" \
     --prompts "$W/eval_prompts.tsv" --samples 4 --sampling top_p=0.9 --out bench/knowledge.md

@@ -71,7 +71,7 @@ def test_train_writes_a_loadable_checkpoint_with_knowledge(trained):
     assert len(list((root / "gpt" / "code_cache").glob("codes-*.safetensors"))) == 2
 
 
-@pytest.mark.parametrize("given, expected", [("", (0.1, 0.0)), ("caption_dropout=0.2 mention_dropout=0.3", (0.2, 0.3))])
+@pytest.mark.parametrize("given, expected", [("", (0.1, 0.5)), ("caption_dropout=0.2 mention_dropout=0.3", (0.2, 0.3))])
 def test_fine_tuning_takes_the_dropouts_given(given, expected):
     from appzoo.args import CommonArgs
     from appzoo.params import parse_user_defined_parameters
@@ -80,7 +80,7 @@ def test_fine_tuning_takes_the_dropouts_given(given, expected):
 
     udp = parse_user_defined_parameters(f"pretrain_model_name_or_path=artist-shapes-tiny-zh {given}", ArtistParams)
     pipe = load_pipeline(CommonArgs(mode="train"), udp, torch.device("cpu"))
-    for cfg in (pipe.model.config.gpt, pipe.model.gpt.config):  # the embedded model's own: 0.1 and 0.0
+    for cfg in (pipe.model.config.gpt, pipe.model.gpt.config):  # the embedded model's own: 0.1 and 0.5
         assert (cfg.caption_dropout, cfg.mention_dropout) == expected
 
 
