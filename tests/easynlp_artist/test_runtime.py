@@ -35,6 +35,9 @@ def test_tuned_allocator_reuses_freed_blocks_instead_of_faulting_them_in_again()
     page = 4096
     # default glibc: each 64 MiB block is mmapped and unmapped, so every round faults its pages in
     assert min(plain["faults"]) >= (1 << 26) // page // 2, plain
-    # tuned: after the heap has grown to the working set, rounds fault nothing in
+    # tuned: after the heap has grown to the working set, rounds fault nothing in. Most rounds, not
+    # every one: the kernel may still reclaim a freed block's pages (one round of ten faulted 64 MiB
+    # in once, on a busy machine), while the default faults in every round
     assert tuned["applied"] is True
-    assert max(tuned["faults"][-3:]) < 256, tuned
+    quiet = [f < 256 for f in tuned["faults"][3:]]
+    assert sum(quiet) >= len(quiet) - 2, tuned
