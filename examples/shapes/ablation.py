@@ -37,7 +37,7 @@ from modelzoo.files import atomic_path
 from .attributes import read_attributes
 from .knowledge import held_out_entities
 from .palette import IMAGE_SIZE
-from .world import PHRASING_BY_NAME, render
+from .world import PHRASING_BY_NAME, EvalPrompt, render
 
 KINDS = ("attribute", "seen_entity", "heldout_entity")
 PROMPTS_PER_CALL = 16
@@ -45,27 +45,19 @@ Z95 = 1.959963984540054
 
 
 @dataclass
-class Prompt:
-    kind: str
-    text: str
-    colour: str
-    shape: str
-    family: str = ""  # phrasing family; "" in prompt files without the column
-
-
-@dataclass
 class Tally:
-    prompts: list[Prompt]
+    prompts: list[EvalPrompt]
     hits: list[int] = field(default_factory=list)  # per prompt: samples with colour and shape both right
 
     def select(self, keep) -> list[int]:
         return [h for p, h in zip(self.prompts, self.hits, strict=True) if keep(p)]
 
 
-def read_prompts(path: str) -> list[Prompt]:
+def read_prompts(path: str) -> list[EvalPrompt]:
     with open(path, encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    prompts = [Prompt(r["kind"], r["prompt"], r["colour"], r["shape"], r.get("family") or "") for r in rows]
+    # a prompt file without the family column (an older world) reads as family ""
+    prompts = [EvalPrompt(r["kind"], r["prompt"], r["colour"], r["shape"], r.get("family") or "") for r in rows]
     bad = sorted({p.kind for p in prompts} - set(KINDS))
     if bad:
         raise ValueError(f"{path}: unknown kinds {bad}")
@@ -104,14 +96,14 @@ def bootstrap_difference(a: list[int], b: list[int], samples: int, rounds: int =
 
 
 @torch.no_grad()
-def score(pipe: ArtistPipeline, prompts: Sequence[Prompt], samples: int, seed: int, sampling: dict) -> Tally:
+def score(pipe: ArtistPipeline, prompts: Sequence[EvalPrompt], samples: int, seed: int, sampling: dict) -> Tally:
     """Prompts go through the pipeline in groups, each with its own generator (seeded by its index),
     so a prompt draws what it would draw alone."""
     tally = Tally(list(prompts))
     for start in range(0, len(prompts), PROMPTS_PER_CALL):
         group = prompts[start : start + PROMPTS_PER_CALL]
         gens = [torch.Generator().manual_seed(seed * 100_003 + start + j) for j in range(len(group))]
-        out = pipe([p.text for p in group], num_images_per_prompt=samples, generator=gens,
+        out = pipe([p.prompt for p in group], num_images_per_prompt=samples, generator=gens,
                    sampling=SamplingConfig(**sampling))
         for j, p in enumerate(group):
             images = out.images[j * samples : (j + 1) * samples]  # prompt-major order
@@ -120,7 +112,7 @@ def score(pipe: ArtistPipeline, prompts: Sequence[Prompt], samples: int, seed: i
 
 
 @torch.no_grad()
-def ceiling(pipe: ArtistPipeline, prompts: Sequence[Prompt], samples: int, seed: int) -> tuple[int, int]:
+def ceiling(pipe: ArtistPipeline, prompts: Sequence[EvalPrompt], samples: int, seed: int) -> tuple[int, int]:
     """Ground-truth renders of the prompts' attributes, through the VQGAN and back, then read."""
     from easynlp_artist.data import image_to_tensor
     from easynlp_artist.models.stage1.vqgan import images_to_uint8
@@ -216,7 +208,7 @@ def report(results: dict[str, Tally], ceil: tuple[int, int], args: argparse.Name
                 lines += rows(f"{kind}, {family_label(family)}", lambda p, kind=kind, f=family: (p.kind, p.family) == (kind, f))
     lines += ["", "Per held-out entity, all families together:", "", *HEADER]
     for entity in held_out_entity_names(k.prompts):
-        lines += rows(entity, lambda p, e=entity: p.kind == "heldout_entity" and e in p.text)
+        lines += rows(entity, lambda p, e=entity: p.kind == "heldout_entity" and e in p.prompt)
     hc, tc = ceil
     lo, hi = wilson(hc, tc)
     lines += [
@@ -228,9 +220,9 @@ def report(results: dict[str, Tally], ceil: tuple[int, int], args: argparse.Name
     return "\n".join(lines)
 
 
-def held_out_entity_names(prompts: Sequence[Prompt]) -> list[str]:
+def held_out_entity_names(prompts: Sequence[EvalPrompt]) -> list[str]:
     """The held-out entities the prompts name, in graph order."""
-    return [e.name for e in held_out_entities() if any(p.kind == "heldout_entity" and e.name in p.text for p in prompts)]
+    return [e.name for e in held_out_entities() if any(p.kind == "heldout_entity" and e.name in p.prompt for p in prompts)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,9 +34,9 @@ from easynlp_artist.knowledge.transe import read_triples
 from easynlp_artist.pipeline import ArtistPipeline, make_image_grid
 from modelzoo.files import write_text_atomic
 
-from .ablation import Prompt, bootstrap_difference, describe, explicit, parse_sampling, score, wilson
+from .ablation import bootstrap_difference, describe, explicit, parse_sampling, score, wilson
 from .knowledge import build_triples, held_out_entities
-from .world import EVAL_ENTITY_TEMPLATE
+from .world import EVAL_ENTITY_TEMPLATE, EvalPrompt
 
 NEW_ENTITIES = Path(__file__).with_name("new_entities.tsv")
 BEGIN, END = "<!-- editing:begin -->", "<!-- editing:end -->"
@@ -49,9 +49,9 @@ def load(name_or_path) -> ArtistPipeline:
     return pipe
 
 
-def entity_prompts(facts: dict[str, dict[str, str]]) -> list[Prompt]:
+def entity_prompts(facts: dict[str, dict[str, str]]) -> list[EvalPrompt]:
     """One ``一个{entity}`` prompt per entity, with the colour and shape its facts give."""
-    return [Prompt(KIND, EVAL_ENTITY_TEMPLATE.format(entity=name), f["颜色"], f["形状"]) for name, f in facts.items()]
+    return [EvalPrompt(KIND, EVAL_ENTITY_TEMPLATE.format(entity=name), f["颜色"], f["形状"]) for name, f in facts.items()]
 
 
 def facts_of(triples: Sequence[tuple[str, str, str]], names: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -62,7 +62,7 @@ def facts_of(triples: Sequence[tuple[str, str, str]], names: Sequence[str]) -> d
     return out
 
 
-def hits(pipe: ArtistPipeline, prompts: list[Prompt], args: argparse.Namespace) -> list[int]:
+def hits(pipe: ArtistPipeline, prompts: list[EvalPrompt], args: argparse.Namespace) -> list[int]:
     return score(pipe, prompts, args.samples, args.seed, args.sampling).hits
 
 
@@ -137,7 +137,7 @@ def new_to_the_world(args: argparse.Namespace, workdir: Path) -> list[str]:
     vocab = extended.tokenizer.get_vocab()
     h = {"with": hits(extended, prompts, args), "without": hits(base, prompts, args)}
     if args.picture:
-        picture(base, extended, [p for p in prompts if any(n in p.text for n in args.shown)], args)
+        picture(base, extended, [p for p in prompts if any(n in p.prompt for n in args.shown)], args)
     s = args.samples
     lines = [
         "## 2. Entities new to the world, added with the command line",
@@ -166,16 +166,16 @@ def new_to_the_world(args: argparse.Namespace, workdir: Path) -> list[str]:
 PICTURE_SAMPLES = 4
 
 
-def picture(base: ArtistPipeline, extended: ArtistPipeline, prompts: list[Prompt], args: argparse.Namespace) -> None:
+def picture(base: ArtistPipeline, extended: ArtistPipeline, prompts: list[EvalPrompt], args: argparse.Namespace) -> None:
     """One row per prompt: samples without the additions, then the same seeds with them."""
     tiles = []
     for i, p in enumerate(prompts):
         for pipe in (base, extended):
             gen = torch.Generator().manual_seed(args.seed * 100_003 + i)
-            tiles += pipe(p.text, num_images_per_prompt=PICTURE_SAMPLES, generator=gen).images
+            tiles += pipe(p.prompt, num_images_per_prompt=PICTURE_SAMPLES, generator=gen).images
     grid = make_image_grid(tiles, rows=len(prompts), cols=2 * PICTURE_SAMPLES, scale=max(1, 96 // tiles[0].width))
     grid.save(args.picture)
-    print(f"wrote {args.picture}: rows {', '.join(p.text for p in prompts)}; "
+    print(f"wrote {args.picture}: rows {', '.join(p.prompt for p in prompts)}; "
           f"{PICTURE_SAMPLES} without the additions, then {PICTURE_SAMPLES} with them")
 
 

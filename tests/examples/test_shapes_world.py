@@ -26,6 +26,7 @@ from examples.shapes.world import (  # noqa: E402
     EVAL_KINDS,
     PHRASINGS,
     TRAIN_PHRASINGS,
+    EvalPrompt,
     all_attribute_captions,
     all_entity_captions,
     build_world,
@@ -138,10 +139,7 @@ def test_held_out_entities_never_in_captions(world: Path) -> None:
 def test_held_out_phrasings_never_in_captions(world: Path) -> None:
     held_families = [p for p in PHRASINGS if p.held_out]
     assert held_families and len(held_families) < len(PHRASINGS)
-    held_captions = {
-        c for p in held_families for c in all_captions_of(p)
-    }
-    trained_captions = {c for p in TRAIN_PHRASINGS for c in all_captions_of(p)}
+    held_captions, trained_captions = all_captions_of(held_families), all_captions_of(TRAIN_PHRASINGS)
     assert not held_captions & trained_captions
     for name in ("train.tsv", "valid.tsv"):
         for _, text, _ in _rows(world / name):
@@ -149,9 +147,8 @@ def test_held_out_phrasings_never_in_captions(world: Path) -> None:
             assert text in trained_captions, text
 
 
-def all_captions_of(phrasing) -> set[str]:
-    only = (phrasing,)
-    return {c for c in all_attribute_captions(only)} | {c for _, c in all_entity_captions(only)}
+def all_captions_of(phrasings) -> set[str]:
+    return set(all_attribute_captions(phrasings)) | {c for _, c in all_entity_captions(phrasings)}
 
 
 def test_captions_cover_entities_and_attributes(tmp_path: Path) -> None:
@@ -164,11 +161,10 @@ def test_captions_cover_entities_and_attributes(tmp_path: Path) -> None:
     assert (tmp_path / "valid.tsv").read_text(encoding="utf-8") == ""
     # every template of every training family is drawn
     for phrasing in TRAIN_PHRASINGS:
-        for template in phrasing.attribute:
-            assert set(texts) & set(all_attribute_captions([dataclasses.replace(phrasing, attribute=(template,))])), template
-        for template in phrasing.entity:
-            only = dataclasses.replace(phrasing, entity=(template,))
-            assert set(texts) & {c for _, c in all_entity_captions([only])}, template
+        for template in phrasing.attribute + phrasing.entity:
+            only = dataclasses.replace(phrasing, attribute=(template,) if template in phrasing.attribute else (),
+                                       entity=(template,) if template in phrasing.entity else ())
+            assert set(texts) & all_captions_of([only]), template
 
 
 def test_knowledge_graph_covers_every_entity(world: Path) -> None:
@@ -348,18 +344,18 @@ def test_ablation_sampling_settings_parse_and_reject_unknown_keys() -> None:
 def test_ablation_report_tables_by_family_and_held_out_entity() -> None:
     import argparse
 
-    from examples.shapes.ablation import Prompt, Tally, report
+    from examples.shapes.ablation import Tally, report
 
     samples = 4
     held = held_out_entities()[:2]
     held_family = next(p for p in PHRASINGS if p.held_out)
     prompts = [
-        Prompt("attribute", "一个红色的圆形", "红色", "圆形", "template"),
-        Prompt("attribute", "红色圆形", "红色", "圆形", "short"),
-        Prompt("attribute", "桌上放着一颗红色的圆形", "红色", "圆形", held_family.name),
-        Prompt("heldout_entity", f"一个{held[0].name}", held[0].colour, held[0].shape, "template"),
-        Prompt("heldout_entity", f"{held[0].name}", held[0].colour, held[0].shape, "short"),
-        Prompt("heldout_entity", f"一个{held[1].name}", held[1].colour, held[1].shape, "template"),
+        EvalPrompt("attribute", "一个红色的圆形", "红色", "圆形", "template"),
+        EvalPrompt("attribute", "红色圆形", "红色", "圆形", "short"),
+        EvalPrompt("attribute", "桌上放着一颗红色的圆形", "红色", "圆形", held_family.name),
+        EvalPrompt("heldout_entity", f"一个{held[0].name}", held[0].colour, held[0].shape, "template"),
+        EvalPrompt("heldout_entity", f"{held[0].name}", held[0].colour, held[0].shape, "short"),
+        EvalPrompt("heldout_entity", f"一个{held[1].name}", held[1].colour, held[1].shape, "template"),
     ]
     knowledge = Tally(prompts, [4, 3, 2, 4, 2, 1])
     plain = Tally(prompts, [4, 1, 0, 0, 0, 1])
