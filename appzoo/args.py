@@ -85,6 +85,8 @@ class CommonArgs(TrainingArguments):
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     peer_timeout: float = 60.0
+    collective_timeout: float = 1800.0
+    max_restarts: int = 0
     sequence_length: int = 16
     user_defined_parameters: str = ""
     host: str = "127.0.0.1"
@@ -97,8 +99,11 @@ class CommonArgs(TrainingArguments):
         for name in ("worker_gpu", "worker_count", "sequence_length"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if not self.peer_timeout > 0:
-            raise UsageError(f"--peer_timeout must be > 0, got {self.peer_timeout}")
+        for name in ("peer_timeout", "collective_timeout"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"--{name} must be > 0, got {getattr(self, name)}")
+        if self.max_restarts < 0:
+            raise UsageError(f"--max_restarts must be >= 0, got {self.max_restarts}")
         for name in ("master_port", "port"):
             if not 0 < getattr(self, name) < 65536:
                 raise UsageError(f"--{name} must be in 1..65535, got {getattr(self, name)}")
@@ -194,6 +199,10 @@ _HELP = {
     "master_port": "port on master_addr (several machines)",
     "peer_timeout": "seconds without a heartbeat from another process or machine after which the run stops, "
                     "naming it (several processes)",
+    "collective_timeout": "seconds one collective operation (a gradient all-reduce, a barrier) may wait for the other "
+                          "processes before the run stops: catches a process that is alive but stuck (several processes)",
+    "max_restarts": "restart the processes this many times after one of them fails; training continues from the "
+                    "last checkpoint this launch wrote in --checkpoint_dir (several processes)",
     "use_amp": "mixed precision: bf16 autocast (fp16 + loss scaling on GPUs without bf16)",
     "sequence_length": "maximum text length in tokens",
     "user_defined_parameters": "application parameters, whitespace-separated key=value",

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 
 from appzoo.apps import AppNotFoundError, find_app, format_app_list, registered_apps
 from appzoo.args import CommonArgs, UsageError, build_parser
@@ -161,11 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(app_cls, args: CommonArgs, params, debug: bool = False) -> int:
     from appzoo.distributed import cleanup_distributed, init_distributed, lost_peer_error
+    from appzoo.launch import resume_after_restart
 
     _configure_logging()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        info = init_distributed(peer_timeout=args.peer_timeout)
+        info = init_distributed(timedelta(seconds=args.collective_timeout), peer_timeout=args.peer_timeout)
+        args = resume_after_restart(args)
         try:
             result = app_cls().run(args, params)
         except RuntimeError as exc:  # a collective failed because another process went away

@@ -8,7 +8,10 @@ answering (powered off, frozen, cut off) leaves the others blocked in a collecti
 timeout (gloo: 30 minutes), and torchrun's agents only watch their own machine's processes. Every
 process bumps a counter in the launcher's store (the TCPStore of the agent on node 0) and watches the
 others'; one that has not moved for ``peer_timeout`` seconds stops the run with one line naming that
-rank and node. A process whose own launcher died stops too, so its peers see it go at once.
+rank and node. A process whose own launcher died stops too, so its peers see it go at once. A process
+that is alive and beating but stuck (a deadlock, a hung file system) leaves the others waiting in a
+collective: the process group's timeout (``--collective_timeout``) ends that wait, and the line says
+that nobody was lost.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def device_for_rank() -> torch.device:
 def init_distributed(timeout: timedelta | None = None, peer_timeout: float | None = None) -> DistInfo:
     """Start the process group when launched with ``WORLD_SIZE`` > 1 (idempotent); with
     ``peer_timeout`` (seconds) also the heartbeat that stops the run when another process is lost."""
-    global _heartbeat
+    global _heartbeat, _collective_timeout
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = device_for_rank()
     if world > 1 and not dist.is_initialized():
@@ -84,7 +87,17 @@ def init_distributed(timeout: timedelta | None = None, peer_timeout: float | Non
         kwargs = {} if timeout is None else {"timeout": timeout}
         where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
         try:
+            if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+                # torchrun's agent keeps one store across restarts of its processes, and the process
+                # group's keys of an earlier attempt (a dead rank's address) would still be read from
+                # it: each attempt gets keys of its own
+                attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+                client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                       timeout=timeout or timedelta(minutes=5), wait_for_workers=False)
+                kwargs.update(store=dist.PrefixStore(f"appzoo/attempt/{attempt}", client),
+                              rank=int(os.environ["RANK"]), world_size=world)
             dist.init_process_group(backend=backend, **kwargs)
+            _collective_timeout = timeout
             if peer_timeout is not None and "MASTER_ADDR" in os.environ:
                 _heartbeat = _Heartbeat(dist.get_rank(), world, peer_timeout)
                 _heartbeat.start()
@@ -173,10 +186,14 @@ class _Heartbeat(threading.Thread):
 
 
 _heartbeat: _Heartbeat | None = None
+_collective_timeout: timedelta | None = None
 
 
 def _ranks(ranks: Sequence[int]) -> str:
     return ", ".join(f"rank {r} (node {node_of(r)})" for r in ranks)
+
+
+_TIMEOUT_SIGNS = ("Timed out", "timed out", "Socket Timeout")
 
 
 class LostPeerError(RunError):
@@ -190,7 +207,7 @@ def lost_peer_error(exc: BaseException) -> LostPeerError | None:
         return None
     text = str(exc)
     signs = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Connection refused",
-             "Timed out", "timed out", "Socket Timeout")
+             *_TIMEOUT_SIGNS)
     if not any(sign in text for sign in signs):
         return None
     reason = next((sign for sign in signs if sign in text), "")
@@ -211,6 +228,10 @@ def lost_peer_error(exc: BaseException) -> LostPeerError | None:
             silent = heartbeat.silent(since)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if not silent and reason in _TIMEOUT_SIGNS:
+        waited = f"={_collective_timeout.total_seconds():g}" if _collective_timeout else ""
+        return LostPeerError(f"a collective operation timed out (--collective_timeout{waited}): every process "
+                             f"still beats, so one of them is alive but stuck; stopping rank {heartbeat.rank}")
     who = _ranks(silent) if silent else "another process"
     return LostPeerError(f"lost contact with {who} during a collective operation ({reason}); "
                          f"stopping rank {heartbeat.rank}")

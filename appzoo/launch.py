@@ -7,17 +7,29 @@ each process sees ``LOCAL_RANK`` and does not relaunch. Without CUDA the process
 Several machines: start the same command on every machine with ``--worker_count=M`` and
 ``--master_addr/--master_port`` of machine 0; each machine's rank comes from the environment
 variable ``NODE_RANK`` or, if unset, ``RANK`` (what PAI-DLC and most schedulers set per machine).
+
+``--max_restarts=N``: when a process fails, torchrun stops the others and starts them all again, up
+to N times; a training run then continues from the last checkpoint this launch wrote
+(:func:`resume_after_restart`), so it ends with the weights of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from appzoo.args import CommonArgs, UsageError
 from appzoo.errors import first_line
 from modelzoo.files import env_bool
+
+logger = logging.getLogger("appzoo.launch")
+
+LAUNCHED_AT = "EASYNLP_LAUNCHED_AT"  # set by the launcher for its processes: when this launch began (epoch s)
 
 
 def inside_launcher() -> bool:
@@ -26,7 +38,8 @@ def inside_launcher() -> bool:
 
 
 def needs_relaunch(args: CommonArgs) -> bool:
-    return (args.worker_gpu > 1 or args.worker_count > 1) and not inside_launcher()
+    """Several processes, or one that torchrun restarts after a failure (``--max_restarts``)."""
+    return (args.worker_gpu > 1 or args.worker_count > 1 or args.max_restarts > 0) and not inside_launcher()
 
 
 def node_rank_from_env(environ: dict[str, str] | None = None) -> int:
@@ -56,6 +69,8 @@ def torchrun_command(argv: Sequence[str], args: CommonArgs, environ: dict[str, s
             f"--master_addr={args.master_addr}",
             f"--master_port={args.master_port}",
         ]
+    if args.max_restarts:
+        command.append(f"--max_restarts={args.max_restarts}")
     return [*command, "-m", "appzoo", *argv]
 
 
@@ -72,6 +87,7 @@ def relaunch(argv: Sequence[str], args: CommonArgs) -> int:
             f"--worker_gpu={args.worker_gpu} but only {torch.cuda.device_count()} CUDA device(s) are visible"
         )
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ[LAUNCHED_AT] = repr(time.time())
     launcher_args = get_args_parser().parse_args(torchrun_command(argv, args)[3:])
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
@@ -100,3 +116,26 @@ def relaunch(argv: Sequence[str], args: CommonArgs) -> int:
               f"(--master_addr/--master_port): {first_line(exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this process's group (0 in the first attempt)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def resume_after_restart(args: CommonArgs) -> CommonArgs:
+    """The flags of a training process torchrun restarted: resume from ``--checkpoint_dir``'s
+    ``last/`` when this launch wrote it (an older run's checkpoint there is never picked up; with
+    none yet, the attempt starts as the first did). Other modes and first attempts are unchanged."""
+    if args.mode != "train" or restart_count() == 0:
+        return args
+    from appzoo.trainer import DEFAULT_CHECKPOINT_DIR, STATE_FILE
+
+    root = Path(str(args.checkpoint_dir or DEFAULT_CHECKPOINT_DIR).removeprefix("file://"))
+    state = root / "last" / STATE_FILE
+    launched = float(os.environ.get(LAUNCHED_AT, "inf"))
+    if not state.is_file() or state.stat().st_mtime < launched:
+        logger.info("restart %d: no checkpoint of this launch in %s yet; starting again", restart_count(), root)
+        return args
+    logger.info("restart %d: continuing from %s", restart_count(), root / "last")
+    return dataclasses.replace(args, resume_from_checkpoint=str(root), overwrite_output_dir=False)

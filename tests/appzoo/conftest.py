@@ -20,7 +20,7 @@ def toy_plugin(monkeypatch):
     return importlib.import_module("appzoo_toy_app")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def toy_env() -> dict[str, str]:
     """Environment for `python -m appzoo` / torchrun subprocesses that see the toy plugin."""
     env = dict(os.environ)
@@ -31,7 +31,7 @@ def toy_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def write_toy_table():
     """write_toy_table(path, n, seed=0) → path: rows `idx<TAB>x1,x2,x3,x4<TAB>y` with y linear in x."""
 

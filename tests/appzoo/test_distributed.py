@@ -13,7 +13,7 @@ from helpers.server_process import free_port
 from appzoo.args import CommonArgs, UsageError
 from appzoo.cli import main
 from appzoo.distributed import run_sharded_predict
-from appzoo.launch import torchrun_command
+from appzoo.launch import needs_relaunch, torchrun_command
 from appzoo.tables import Schema, read_table
 
 SCHEMA = "idx:str:1,x:float:4,y:float:1"
@@ -136,6 +136,9 @@ def test_torchrun_command_one_and_several_machines():
     assert several[3:8] == ["--nproc_per_node=2", "--nnodes=3", "--node_rank=2", "--master_addr=10.0.0.1",
                             "--master_port=2345"]
     assert torchrun_command(argv, args, environ={"NODE_RANK": "1", "RANK": "2"})[5] == "--node_rank=1"
+    restarted = CommonArgs(max_restarts=2)
+    assert needs_relaunch(restarted) and not needs_relaunch(CommonArgs())  # one process restarted too
+    assert torchrun_command(argv, restarted)[3:6] == ["--nproc_per_node=1", "--standalone", "--max_restarts=2"]
     with pytest.raises(UsageError, match="NODE_RANK or RANK"):
         torchrun_command(argv, args, environ={})
     with pytest.raises(UsageError, match="node rank 3 is outside 0..2"):

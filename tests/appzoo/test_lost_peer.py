@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.server_process import free_port
+from helpers.server_process import children, environ_of, free_port
 
 SCHEMA = "idx:str:1,x:float:4,y:float:1"
 PEER_TIMEOUT = 5  # seconds (--peer_timeout); the default is 60
@@ -37,24 +37,12 @@ def _taken_port():
         yield taken.getsockname()[1]
 
 
-def _children(pid: int) -> list[int]:
-    """The processes torchrun started (each in a session of its own, so not in the launcher's group)."""
-    with open(f"/proc/{pid}/task/{pid}/children") as handle:
-        return [int(p) for p in handle.read().split()]
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     return True
-
-
-def _env_of(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/environ", "rb") as handle:
-        items = [item.split(b"=", 1) for item in handle.read().split(b"\0") if b"=" in item]
-    return {k.decode(): v.decode() for k, v in items}
 
 
 def _wait_for_training(log: Path, procs: list[subprocess.Popen]) -> None:
@@ -67,7 +55,7 @@ def _wait_for_training(log: Path, procs: list[subprocess.Popen]) -> None:
 
 
 def _kill_all(procs: list[subprocess.Popen], extra: list[int]) -> None:
-    for pid in extra + [c for p in procs if p.poll() is None for c in _children(p.pid)]:
+    for pid in extra + [c for p in procs if p.poll() is None for c in children(p.pid)]:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
     for proc in procs:
@@ -91,7 +79,7 @@ def two_nodes(toy_env, tmp_path, write_toy_table):
                 nodes.append(subprocess.Popen(launch, env={**toy_env, "NODE_RANK": str(rank)},
                                               stdout=subprocess.DEVNULL, stderr=err, start_new_session=True))
         _wait_for_training(logs[0], nodes)
-        workers = _children(nodes[1].pid)
+        workers = children(nodes[1].pid)
         assert len(workers) == 1
         yield nodes, logs, workers
     finally:
@@ -143,8 +131,8 @@ def test_worker_killed_on_one_machine_gives_one_line_without_traceback(toy_env, 
     workers: list[int] = []
     try:
         _wait_for_training(log, [proc])
-        workers = _children(proc.pid)
-        rank1 = next(pid for pid in workers if _env_of(pid).get("RANK") == "1")
+        workers = children(proc.pid)
+        rank1 = next(pid for pid in workers if environ_of(pid).get("RANK") == "1")
         os.kill(rank1, signal.SIGKILL)
         code = proc.wait(timeout=60)
     finally:

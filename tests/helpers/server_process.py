@@ -1,6 +1,7 @@
 """``easynlp --mode=serve`` as a child process on loopback: start it on a free port, wait until it
 is ready, read its metrics, stop it with SIGTERM (which drains). The tests and ``bench/serve.py``
-drive the real server through this (``free_port`` also serves the multi-process tests)."""
+drive the real server through this (``free_port``, ``children`` and ``environ_of`` also serve the
+multi-process tests)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def children(pid: int) -> list[int]:
+    """The direct child processes of ``pid`` (Linux)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        return [int(p) for p in handle.read().split()]
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    """The environment process ``pid`` was started with (Linux)."""
+    with open(f"/proc/{pid}/environ", "rb") as handle:
+        items = [item.split(b"=", 1) for item in handle.read().split(b"\0") if b"=" in item]
+    return {k.decode(): v.decode() for k, v in items}
 
 
 class ServerProcess:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +28,15 @@ class ToyParams:
     kill_at_save: int = 0
     nan_at_step: int = 0
     scale: float = 1.0
+    step_sleep: float = 0.0  # seconds per training forward, so that a test can act mid-run
+    stall_at_step: int = 0  # the process of rank 1 stops working (its heartbeat goes on) at this forward
 
 
 class ToyModel(nn.Module):
-    def __init__(self, hidden: int = 8, dropout: float = 0.0, nan_at_step: int = 0):
+    def __init__(self, hidden: int = 8, dropout: float = 0.0, nan_at_step: int = 0, step_sleep: float = 0.0,
+                 stall_at_step: int = 0):
         super().__init__()
+        self.step_sleep, self.stall_at_step = step_sleep, stall_at_step
         self.net = nn.Sequential(nn.Linear(FEATURES, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, 1))
         self.nan_at_step = nan_at_step
         self.train_calls = 0
@@ -40,7 +45,10 @@ class ToyModel(nn.Module):
         pred = self.net(batch["x"]).squeeze(-1)
         loss = ((pred - batch["y"]) ** 2).mean()
         if self.training:
+            time.sleep(self.step_sleep)
             self.train_calls += 1
+            if self.train_calls == self.stall_at_step and os.environ.get("RANK") == "1":
+                time.sleep(3600)
             if self.nan_at_step and self.train_calls >= self.nan_at_step:
                 loss = loss * float("nan")
         return loss, {"mae": (pred - batch["y"]).abs().mean().item()}
@@ -56,7 +64,8 @@ def collate(examples: list[dict]) -> dict:
 
 def build_model(params: ToyParams, seed: int) -> ToyModel:
     seed_everything(seed)
-    return ToyModel(params.hidden, params.dropout, params.nan_at_step)
+    return ToyModel(params.hidden, params.dropout, params.nan_at_step, params.step_sleep,
+                    params.stall_at_step)
 
 
 class _Saver:
