@@ -92,15 +92,16 @@ def _image_column(args: CommonArgs, schema: Schema) -> str:
     return name
 
 
-def _codes(table, column, pipe, cache_dir, args, device) -> torch.Tensor:
+def _codes(table, column, pipe, cache_dir, args, params, device) -> torch.Tensor:
     # rank 0 encodes (or finds the cache), the others read the file it wrote
     if is_main_process():
         codes = cached_codes(table, column, pipe.model.vqgan, cache_dir, batch_size=args.micro_batch_size,
-                             device=device)
+                             device=device, max_pixels=params.inputs.max_image_pixels)
     if is_distributed():
         dist.barrier()
     if not is_main_process():
-        codes = cached_codes(table, column, pipe.model.vqgan, cache_dir, device=device)
+        codes = cached_codes(table, column, pipe.model.vqgan, cache_dir, device=device,
+                             max_pixels=params.inputs.max_image_pixels)
     return codes
 
 
@@ -128,7 +129,7 @@ class Text2ImageArtistApp(BaseApp):
         if params.training.stage == "vqgan":
             return self._train_vqgan(args, params, pipe, tables, image_column, device)
         text_column = _text_column(args, schema)
-        datasets = [CodesDataset(t, _codes(t, image_column, pipe, cache_dir, args, device)) for t in tables]
+        datasets = [CodesDataset(t, _codes(t, image_column, pipe, cache_dir, args, params, device)) for t in tables]
         for p in pipe.model.vqgan.parameters():
             p.requires_grad_(False)
         objective = Stage2Objective(pipe.model.gpt)
@@ -150,7 +151,7 @@ class Text2ImageArtistApp(BaseApp):
 
     def _train_vqgan(self, args, params, pipe, tables, image_column, device) -> dict:
         res = pipe.model.config.vqgan.resolution
-        datasets = [ImageDataset(t, image_column, res) for t in tables]
+        datasets = [ImageDataset(t, image_column, res, params.inputs.max_image_pixels) for t in tables]
         s1 = params.stage1
         # a discriminator of n layers needs images of at least 3 * 2**n pixels
         layers = s1.disc_layers or max(1, min(3, int(math.log2(res / 3))))
@@ -192,16 +193,17 @@ class Text2ImageArtistApp(BaseApp):
         cache_dir = _cache_dir(args, params)
         table = TableDataset(local_table(args.tables[0], cache_dir), schema, args.skip_first_line)
         text_column, image_column = _text_column(args, schema), _image_column(args, schema)
-        codes = _codes(table, image_column, pipe, cache_dir, args, device)
+        codes = _codes(table, image_column, pipe, cache_dir, args, params, device)
         result = metrics.image_token_loss(pipe, CodesDataset(table, codes), text_column, args.micro_batch_size, device)
         res = pipe.model.config.vqgan.resolution
-        result.update(metrics.reconstruction(pipe.model.vqgan, ImageDataset(table, image_column, res),
-                                             args.micro_batch_size, device))
+        images = ImageDataset(table, image_column, res, params.inputs.max_image_pixels)
+        result.update(metrics.reconstruction(pipe.model.vqgan, images, args.micro_batch_size, device))
         if extractor_path:
             result["fid"] = metrics.fid(
                 pipe, table, text_column, image_column, extractor=metrics.load_feature_extractor(extractor_path),
                 sampling=params.sampling.over(pipe.sampling), seed=params.sampling.seed,
                 num_images=params.evaluation.fid_num_images, batch_size=args.micro_batch_size,
+                max_pixels=params.inputs.max_image_pixels,
             )
         folder = Path(source.location) if source.location and os.path.isdir(source.location) else None
         target = Path(args.outputs) if args.outputs else (folder / RESULTS_FILE if folder else Path(RESULTS_FILE))

@@ -22,7 +22,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from appzoo.tables import Row, Schema, TableDataset, decode_image_base64, open_binary, read_table
+from appzoo.tables import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    Row,
+    Schema,
+    TableDataset,
+    decode_image_base64,
+    open_binary,
+    read_table,
+)
 from easynlp_artist.knowledge.lattice import COLUMNS as KNOWLEDGE_COLUMNS
 from easynlp_artist.knowledge.lattice import Lattice
 from easynlp_artist.models.stage1.vqgan import VQGAN
@@ -73,12 +81,14 @@ class ResizedImages:
                     self.resolution, first, more)
 
 
-def row_image(row: Row, column: str, resolution: int, resized: ResizedImages | None = None) -> torch.Tensor:
-    """The image in ``row[column]`` as a model input; bad base64/images name file, line and column.
-    Its size (the file's) is counted in ``resized``."""
+def row_image(row: Row, column: str, resolution: int, resized: ResizedImages | None = None, *,
+              max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """The image in ``row[column]`` as a model input; bad base64/images, and images of more than
+    ``max_pixels`` pixels, name file, line and column. Its size (the file's) is counted in ``resized``."""
     names = list(row.values)
     position = names.index(column) + 1
-    img = decode_image_base64(row[column], file=row.file, line=row.line_no, column=position, reduce_to=resolution)
+    img = decode_image_base64(row[column], file=row.file, line=row.line_no, column=position, reduce_to=resolution,
+                              max_pixels=max_pixels)
     if resized is not None:
         resized.add(row.line_no, img.info.get("source_size", img.size))
     return image_to_tensor(img, resolution)
@@ -121,7 +131,8 @@ def local_table(path: str, cache_dir: str | os.PathLike) -> str:
 
 @torch.no_grad()
 def encode_table_images(
-    table: TableDataset, column: str, vqgan: VQGAN, batch_size: int, device: torch.device | str = "cpu"
+    table: TableDataset, column: str, vqgan: VQGAN, batch_size: int, device: torch.device | str = "cpu",
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> torch.Tensor:
     """Codes (N, num_tokens) of every row's image, in table order."""
     out = torch.empty(len(table), vqgan.config.num_tokens, dtype=torch.int32)
@@ -129,7 +140,7 @@ def encode_table_images(
     resized = ResizedImages(table.path, vqgan.config.resolution)
     for start in range(0, len(table), batch_size):
         stop = min(start + batch_size, len(table))
-        images = torch.stack([row_image(table.row(i), column, vqgan.config.resolution, resized)
+        images = torch.stack([row_image(table.row(i), column, vqgan.config.resolution, resized, max_pixels=max_pixels)
                               for i in range(start, stop)])
         out[start:stop] = vqgan.encode(images.to(device)).to("cpu", torch.int32)
     resized.report()
@@ -144,6 +155,7 @@ def cached_codes(
     *,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> torch.Tensor:
     """Codes of the table's images, from the cache when the same table and VQGAN were seen before."""
     key = hashlib.sha256(
@@ -157,7 +169,7 @@ def cached_codes(
             return codes
         logger.warning("ignoring cache file %s of the wrong shape %s", path, tuple(codes.shape))
     logger.info("encoding %d images of %s with the VQGAN (cached afterwards in %s)", len(table), table.path, path)
-    codes = encode_table_images(table, column, vqgan, batch_size, device)
+    codes = encode_table_images(table, column, vqgan, batch_size, device, max_pixels)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file({"codes": codes}, tmp, metadata={"table": str(table.path)})
@@ -237,8 +249,9 @@ class ImageDataset:
     """Row i → image tensor (3, R, R), for stage-1 training and reconstruction metrics. Images of
     another size are counted over the first ``len(self)`` reads (an epoch), then reported once."""
 
-    def __init__(self, table: TableDataset, column: str, resolution: int) -> None:
-        self.table, self.column, self.resolution = table, column, resolution
+    def __init__(self, table: TableDataset, column: str, resolution: int,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+        self.table, self.column, self.resolution, self.max_pixels = table, column, resolution, max_pixels
         self.resized = ResizedImages(table.path, resolution)
 
     def __len__(self) -> int:
@@ -246,7 +259,8 @@ class ImageDataset:
 
     def __getitem__(self, i: int) -> torch.Tensor:
         counting = self.resized.read < len(self)
-        image = row_image(self.table.row(i), self.column, self.resolution, self.resized if counting else None)
+        image = row_image(self.table.row(i), self.column, self.resolution, self.resized if counting else None,
+                          max_pixels=self.max_pixels)
         if counting and self.resized.read == len(self):
             self.resized.report()
         return image

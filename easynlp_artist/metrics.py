@@ -88,7 +88,7 @@ def load_feature_extractor(path: str) -> nn.Module:
 
 @torch.no_grad()
 def fid(pipe, table: TableDataset, text_column: str, image_column: str, *, extractor: nn.Module,
-        sampling: SamplingConfig, seed: int, num_images: int, batch_size: int) -> float:
+        sampling: SamplingConfig, seed: int, num_images: int, batch_size: int, max_pixels: int) -> float:
     """FID of images generated from the table's texts (through the pipeline) against its images."""
     require("torchmetrics", "fid", FID_PURPOSE)
     from torchmetrics.image.fid import FrechetInceptionDistance
@@ -114,7 +114,7 @@ def fid(pipe, table: TableDataset, text_column: str, image_column: str, *, extra
     with Progress(len(mine), "FID generation", logger) as progress, pipe.progress_bar_disabled():
         for start in range(0, len(mine), batch_size):
             rows = [table.row(i) for i in mine[start : start + batch_size]]
-            real = torch.stack([row_image(r, image_column, res) for r in rows])
+            real = torch.stack([row_image(r, image_column, res, max_pixels=max_pixels) for r in rows])
             metric.update(images_to_uint8(real).permute(0, 3, 1, 2), real=True)
             out = pipe([str(r[text_column]) for r in rows], prompt_lattices=row_lattices(rows),
                        generator=row_generators(seed, rows), output_type="np", sampling=sampling)

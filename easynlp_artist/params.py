@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Literal
 
 from appzoo.params import group, param
+from appzoo.tables import DEFAULT_MAX_IMAGE_PIXELS
 from easynlp_artist.knowledge.lattice import LatticeConfig
 from easynlp_artist.models.stage2.sampling import SamplingConfig
 
@@ -79,6 +80,17 @@ class Stage1Params:
     rec_loss: Literal["l1", "l2"] | None = param(None, "reconstruction loss (default l1)")
     disc_layers: int | None = param(None, "discriminator depth (default: 3, fewer for small images)")
     restart_dead_codes: int = param(0, "every N steps move codes unused since the last check onto latents (0: off)")
+
+
+@dataclass
+class InputParams:
+    max_image_pixels: int = param(
+        DEFAULT_MAX_IMAGE_PIXELS, "largest image a table cell may hold (width x height); a larger one is refused "
+        "naming the cell (images of 4x the model's size and more are decoded reduced)")
+
+    def __post_init__(self) -> None:
+        if self.max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be >= 1, got {self.max_image_pixels}")
 
 
 @dataclass
@@ -182,6 +194,7 @@ class ArtistParams:
     sizes: SizeParams = group(SizeParams, "sizes (new models; checked against a loaded one)", ("train",))
     training: TrainingParams = group(TrainingParams, "training", ("train",))
     stage1: Stage1Params = group(Stage1Params, "stage-1 (VQGAN) training, stage=vqgan", ("train",))
+    inputs: InputParams = group(InputParams, "table images", ("train", "evaluate"))
     knowledge: KnowledgeParams = group(KnowledgeParams, "knowledge")
     sampling: SamplingParams = group(SamplingParams, "sampling", ("evaluate", "predict", "serve"))
     output: OutputParams = group(OutputParams, "predict outputs", ("predict",))

@@ -185,6 +185,19 @@ def test_bad_training_image_names_file_line_and_column(tmp_path, capsys):
     assert not (tmp_path / "ck" / "last").exists()
 
 
+def test_an_image_over_max_image_pixels_is_refused_naming_the_cell(trained, tmp_path, capsys):
+    """The table's 16x16 images pass the default limit (the evaluate test above) but not 255 pixels."""
+    root, w = trained
+    code = easynlp(["--app_name=text2image_artist", "--mode=evaluate", f"--tables={w['valid']}",
+                    f"--checkpoint_dir={root / 'gpt'}", f"--outputs={tmp_path / 'm.json'}",
+                    "--user_defined_parameters=max_image_pixels=255"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{w['valid']}, line 1, column 3: " in err, err
+    assert "image of 16x16 pixels exceeds the limit of 255 pixels" in err, err
+    assert not (tmp_path / "m.json").exists()
+
+
 @pytest.mark.parametrize(
     "udp, message",
     [
