@@ -135,7 +135,7 @@ def resume_after_restart(args: CommonArgs) -> CommonArgs:
     state = root / "last" / STATE_FILE
     launched = float(os.environ.get(LAUNCHED_AT, "inf"))
     if not state.is_file() or state.stat().st_mtime < launched:
-        logger.info("restart %d: no checkpoint of this launch in %s yet; starting again", restart_count(), root)
+        logger.info("restart %d: no checkpoint of this launch in %s yet; starting as the first attempt did", restart_count(), root)
         return args
     logger.info("restart %d: continuing from %s", restart_count(), root / "last")
     return dataclasses.replace(args, resume_from_checkpoint=str(root), overwrite_output_dir=False)
