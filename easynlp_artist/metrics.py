@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from appzoo.distributed import all_reduce_sum, my_shard
-from appzoo.tables import Row, TableDataset
+from appzoo.tables import DEFAULT_MAX_IMAGE_PIXELS, Row, TableDataset
 from appzoo.trainer import evaluate_loss
 from easynlp_artist.data import CodesDataset, ImageDataset, Stage2Collate, row_image, row_lattices
 from easynlp_artist.models.stage1.vqgan import images_to_uint8
@@ -88,7 +88,8 @@ def load_feature_extractor(path: str) -> nn.Module:
 
 @torch.no_grad()
 def fid(pipe, table: TableDataset, text_column: str, image_column: str, *, extractor: nn.Module,
-        sampling: SamplingConfig, seed: int, num_images: int, batch_size: int, max_pixels: int) -> float:
+        sampling: SamplingConfig, seed: int, num_images: int, batch_size: int,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> float:
     """FID of images generated from the table's texts (through the pipeline) against its images."""
     require("torchmetrics", "fid", FID_PURPOSE)
     from torchmetrics.image.fid import FrechetInceptionDistance
