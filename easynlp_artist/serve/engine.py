@@ -2,11 +2,14 @@
 
 Continuous batching, as a server needs it: requests wait in a bounded queue; at every step
 boundary the waiting requests that fit are prefilled (their conditional and, with guidance, their
-unconditional rows together, one prefill per request) and join the running batch; every running
+unconditional rows; one forward pass for all that join together with inputs of one shape) and join
+the running batch; every running
 row then advances one image token in one ``gpt.step``; a request whose last token is drawn leaves
-at once, and a second thread decodes its codes with the VQGAN while the batch goes on, so the batch
+at once, and a decoder thread decodes its codes with the VQGAN while the batch goes on, so the batch
 never waits for its slowest member nor for the decoder (on CPU, with one torch thread, the two
-threads use two cores).
+threads use two cores). While no row is being sampled, the sampler's share of the cores decodes
+too: an idle decoder (one where the CPU has room for it) takes finished requests only then, so a
+batch that finishes together is decoded two images at a time, and sampling never shares its cores.
 
 Rows keep their own positions in a :class:`RowCache` (the per-row cache the model's
 ``DecodingCache`` protocol allows: it supplies positions and an attention mask), and each request
@@ -28,7 +31,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import queue
 import secrets
 import threading
 import time
@@ -45,6 +47,7 @@ from easynlp_artist.models.stage1.vqgan import images_to_uint8
 from easynlp_artist.models.stage2 import decoding
 from easynlp_artist.models.stage2.gpt import ArtistGPT
 from easynlp_artist.models.stage2.sampling import SamplingConfig, _inverse_cdf_at, filter_logits, guide
+from easynlp_artist.runtime import available_cores
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +250,9 @@ class Job:
 class EngineConfig:
     max_batch_rows: int = 32  # rows decoded together (a guided image takes two)
     max_queue: int = 64  # requests waiting; one more is refused (QueueFull)
+    # decoders that take finished requests only while no row is sampled; None: one on a CPU with a
+    # core for it besides the sampler's and the decoder's threads, else none
+    idle_decoders: int | None = None
 
 
 def check_decoding(sampling: SamplingConfig) -> str:
@@ -274,6 +280,8 @@ class Engine:
         self.config = config or EngineConfig()
         if self.config.max_batch_rows < 1 or self.config.max_queue < 0:
             raise ValueError("max_batch_rows must be >= 1 and max_queue >= 0")
+        if self.config.idle_decoders is not None and self.config.idle_decoders < 0:
+            raise ValueError("idle_decoders must be >= 0")
         self.gpt: ArtistGPT = pipe.model.gpt
         self.vqgan = pipe.model.vqgan
         self.img_len = self.gpt.config.img_len
@@ -281,22 +289,33 @@ class Engine:
         self.cache = RowCache(self.gpt, self.config.max_batch_rows, self.weights)
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []
+        self._joining: list[Job] = []  # out of the queue, not yet prefilled
         self._rows = 0
-        self._cv = threading.Condition()
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)  # the scheduler waits on it for requests
+        self._decode_cv = threading.Condition(lock)  # the decoders wait on it for finished requests
         self._accepting = True
         self._stop = False
+        self._decoders_stop = False
         # statistics (read by /metrics)
         self.peak_rows = 0
         self.peak_requests = 0
         self.steps = 0
+        self.step_rows = 0
+        self.prefills = 0  # forward passes over joining requests' text
         self.images_done = 0
         self._done_times: deque[float] = deque(maxlen=1024)
-        self._decodes: queue.SimpleQueue[Job | None] = queue.SimpleQueue()  # drawn, waiting for the VQGAN
-        self._decoding: set[Job] = set()  # jobs handed to the decoder and not finished (set.add/discard are atomic)
+        self._decodes: deque[Job] = deque()  # drawn, waiting for the VQGAN (guarded by the lock)
+        self._decoding: set[Job] = set()  # jobs handed to the decoders and not finished (set.add/discard are atomic)
         self._thread = threading.Thread(target=self._loop, name="artist-engine", daemon=True)
-        self._decoder = threading.Thread(target=self._decode_loop, name="artist-decoder", daemon=True)
+        helpers = self.config.idle_decoders
+        if helpers is None:
+            helpers = int(self.pipe.device.type == "cpu" and available_cores() >= 2 * torch.get_num_threads())
+        self._decoders = [threading.Thread(target=self._decode_loop, args=(i > 0,), name=f"artist-decoder-{i}",
+                                           daemon=True) for i in range(1 + helpers)]
         self._thread.start()
-        self._decoder.start()
+        for t in self._decoders:
+            t.start()
 
     # -- the outside --
 
@@ -329,6 +348,7 @@ class Engine:
         return {
             "queued": len(self._waiting), "running_requests": len(self._running), "running_rows": self._rows,
             "peak_rows": self.peak_rows, "peak_requests": self.peak_requests, "steps": self.steps,
+            "step_rows": self.step_rows, "prefills": self.prefills,
             "decoding": len(self._decoding),
             "images_done": self.images_done, "images_per_second": len(recent) / 60.0,
         }
@@ -350,9 +370,12 @@ class Engine:
             self._cv.notify()
         end = None if timeout is None else time.monotonic() + timeout
         self._thread.join(timeout)
-        self._decodes.put(None)  # after the last job the scheduler hands over
-        self._decoder.join(None if end is None else max(0.0, end - time.monotonic()))
-        return not self._thread.is_alive() and not self._decoder.is_alive()
+        with self._decode_cv:  # after the last job the scheduler hands over
+            self._decoders_stop = True
+            self._decode_cv.notify_all()
+        for t in self._decoders:
+            t.join(None if end is None else max(0.0, end - time.monotonic()))
+        return not self._thread.is_alive() and not any(t.is_alive() for t in self._decoders)
 
     # -- the scheduler thread --
 
@@ -365,12 +388,13 @@ class Engine:
                 if self._stop and not self._waiting and not self._running:
                     return
                 self._drop_expired_waiting()
-                joining = []
+                joining = self._joining  # taken from the queue under the lock: the sampler is not idle
                 while self._waiting and self._rows + sum(j.rows for j in joining) + self._waiting[0].rows \
                         <= self.config.max_batch_rows:
                     joining.append(self._waiting.popleft())
-            for job in joining:
-                self._guarded(job, self._prefill)
+            if joining:
+                self._prefill(joining)
+            joining.clear()  # each one is running now, or failed
             self._leave_finished()
             if self._running:
                 try:
@@ -431,23 +455,51 @@ class Engine:
         know = cond_know.cat(uncond_know) if know is not None else None
         return text, know
 
-    def _prefill(self, job: Job) -> None:
-        text, know = self._inputs(job)
+    def _prefill(self, jobs: list[Job]) -> None:
+        """The joining jobs' rows join the batch: one forward pass over the text of all of them whose
+        inputs have the same shape (with knowledge: the same number of entity slots, so each row sees
+        what it would see alone), each group at the next free slots, then their first codes drawn."""
+        groups: dict[tuple | None, list[tuple[Job, torch.Tensor, KnowledgeInputs | None]]] = {}
+        for job in jobs:
+            try:
+                text, know = self._inputs(job)
+            except Exception as exc:  # noqa: BLE001 - one request's failure is its own
+                logger.exception("request %s failed", job.id)
+                self._fail(job, exc)
+                continue
+            key = None if know is None else (know.mask.shape[1], know.nothing is None)
+            groups.setdefault(key, []).append((job, text, know))
+        for group in groups.values():
+            members = [job for job, _, _ in group]
+            try:
+                self._prefill_group(group)
+            except Exception as exc:  # noqa: BLE001 - the group's requests fail, not the engine
+                self._fail_batch(members, exc, "prefill")
+
+    def _prefill_group(self, group: list[tuple[Job, torch.Tensor, KnowledgeInputs | None]]) -> None:
+        text = torch.cat([t for _, t, _ in group])  # (R, text_len)
+        know = None
+        for _, _, k in group:
+            know = k if know is None else know.cat(k)
         lo = self._rows
-        hi = lo + job.rows
+        hi = lo + text.shape[0]
         for s in range(lo, hi):
             self.cache.lengths[s] = 0
         self.cache.window = (lo, hi)
-        logits = self.gpt.prefill(text, know, self.cache)
-        job.slots = list(range(lo, hi))
-        job.codes = torch.empty(job.request.n, self.img_len, dtype=torch.long, device=self.pipe.device)
-        p = job.request.partial_images
-        job.partial_at = sorted({max(1, round(self.img_len * i / (p + 1))) for i in range(1, p + 1)})
-        self._running.append(job)
+        logits = self.gpt.prefill(text, know, self.cache)  # (R, V)
+        self.prefills += 1
+        start = lo
+        for job, _, _ in group:
+            job.slots = list(range(start, start + job.rows))
+            start += job.rows
+            job.codes = torch.empty(job.request.n, self.img_len, dtype=torch.long, device=self.pipe.device)
+            p = job.request.partial_images
+            job.partial_at = sorted({max(1, round(self.img_len * i / (p + 1))) for i in range(1, p + 1)})
+            self._running.append(job)
         self._rows = hi
         self.peak_rows = max(self.peak_rows, self._rows)
         self.peak_requests = max(self.peak_requests, len(self._running))
-        self._draw([job], logits, first_slot=lo)
+        self._draw_groups([job for job, _, _ in group], logits, first_slot=lo)
 
     def _draw(self, jobs: list[Job], logits: torch.Tensor, first_slot: int = 0) -> None:
         """One token for each row of ``jobs`` (sharing one sampling setting) from the logits of the
@@ -485,21 +537,27 @@ class Engine:
         self.cache.window = (0, R)
         logits = self.gpt.step(fed, self.cache)  # (R, V)
         self.steps += 1
+        self.step_rows += R
+        self._draw_groups(self._running, logits)
+
+    def _draw_groups(self, jobs: list[Job], logits: torch.Tensor, first_slot: int = 0) -> None:
+        """:meth:`_draw` for ``jobs``, the rows with the same settings together."""
         groups: dict[tuple, list[Job]] = {}
-        for job in self._running:  # rows with the same settings are sampled together
+        for job in jobs:
             c = job.request.sampling
             groups.setdefault((c.guidance_scale, c.temperature, c.top_k, c.top_p), []).append(job)
         failed = []
-        for jobs in groups.values():
+        for same in groups.values():
             try:
-                self._draw(jobs, logits)
+                self._draw(same, logits, first_slot)
             except Exception as exc:  # noqa: BLE001 - the group's requests fail, not the engine
-                failed.append((jobs, exc))
-        for jobs, exc in failed:  # after every group has drawn: removing moves the others' slots
-            self._fail_batch(jobs, exc, "sampling")
+                failed.append((same, exc))
+        for same, exc in failed:  # after every group has drawn: removing moves the others' slots
+            self._fail_batch(same, exc, "sampling")
 
     def _leave_finished(self) -> None:
         now = time.monotonic()
+        drawn = []
         for job in list(self._running):
             if job.cancelled.is_set():
                 self._remove(job)
@@ -507,10 +565,17 @@ class Engine:
             elif job.drawn == self.img_len:  # done in time (only the VQGAN decode is left)
                 self._remove(job)
                 self._decoding.add(job)
-                self._decodes.put(job)
+                drawn.append(job)
             elif job.deadline and now > job.deadline:
                 self._remove(job)
                 self._fail(job, self._timeout(job))
+        with self._decode_cv:
+            self._decodes.extend(drawn)
+            if drawn or self._sampler_idle():  # work for the decoder, or the idle decoders' turn
+                self._decode_cv.notify_all()
+
+    def _sampler_idle(self) -> bool:
+        return not self._waiting and not self._joining and not self._running
 
     def _remove(self, job: Job) -> None:
         if job not in self._running:
@@ -522,9 +587,17 @@ class Engine:
             other.slots = [moves.get(s, s) for s in other.slots]
         job.slots = []
 
-    def _decode_loop(self) -> None:
+    def _decode_loop(self, only_when_idle: bool) -> None:
+        """Decode finished requests in the order they finished; ``only_when_idle``: only while no row
+        is sampled (a decode already begun goes on when rows join)."""
         torch.set_grad_enabled(False)
-        while (job := self._decodes.get()) is not None:
+        while True:
+            with self._decode_cv:
+                while not (self._decodes and (not only_when_idle or self._sampler_idle())):
+                    if self._decoders_stop and (only_when_idle or not self._decodes):
+                        return  # the first decoder drains the rest
+                    self._decode_cv.wait()
+                job = self._decodes.popleft()
             try:
                 if job.cancelled.is_set():
                     self._fail(job, Cancelled("cancelled"))

@@ -188,7 +188,7 @@ def test_the_batch_goes_on_while_the_decoder_works(pipe):
     """A finished request's VQGAN decode does not hold the batch: with the decoder thread held (inside
     the first request's "done" listener), a second request is prefilled and drawn to its last code;
     released, both finish, the second with the pipeline's codes."""
-    engine = Engine(pipe, EngineConfig(max_batch_rows=4))
+    engine = Engine(pipe, EngineConfig(max_batch_rows=4, idle_decoders=0))  # the second waits for the first
     held, release = threading.Event(), threading.Event()
 
     def hold(kind, *payload):
@@ -213,3 +213,67 @@ def test_the_batch_goes_on_while_the_decoder_works(pipe):
         release.set()
         engine.close()
     assert engine.stats()["decoding"] == 0
+
+
+def test_an_idle_decoder_decodes_only_while_no_row_is_sampled(pipe):
+    """With one idle decoder: the first decoder is held on request A; B finishes while C waits for its
+    slot (one row), so B is decoded only once C has left the batch, and by the idle decoder."""
+    engine = Engine(pipe, EngineConfig(max_batch_rows=1, idle_decoders=1))
+    jobs, heard, release, a_held = {}, [], threading.Event(), threading.Event()
+
+    def listener(name):
+        def hear(kind, *payload):
+            if kind == "done":
+                heard.append((name, threading.current_thread().name, jobs["c"].drawn))
+                if name == "a":
+                    a_held.set()
+                    release.wait(60)
+        return hear
+
+    try:
+        for name, prompt in zip("abc", PROMPTS, strict=False):
+            jobs[name] = engine.submit(ImageRequest(prompt, seed=ord(name)), listener(name))
+        assert a_held.wait(60)
+        assert jobs["b"].finished.wait(60) and jobs["c"].finished.wait(60)  # while the first decoder is held
+        assert [h[:2] for h in heard[1:]] == [("b", "artist-decoder-1"), ("c", "artist-decoder-1")]
+        assert heard[1][2] == engine.img_len  # B's decode ended after C's last code: it began after it
+        release.set()
+        assert all(len(job.wait(60)) == 1 for job in jobs.values())
+    finally:
+        release.set()
+        engine.close()
+
+
+def test_requests_joining_together_share_one_prefill_and_keep_their_codes(pipe):
+    """Requests that wait while the scheduler is busy join at one step boundary: one prefill per
+    input shape (the number of entity slots), and each request still gets the pipeline's codes."""
+    engine = Engine(pipe, EngineConfig(max_batch_rows=32, idle_decoders=0))
+    held, release = threading.Event(), threading.Event()
+
+    def hold(kind, *payload):
+        if kind == "partial":  # the scheduler thread calls this: it stops until released
+            held.set()
+            release.wait(60)
+
+    prompts = ["一个红色的圆形", "白色背景上的番茄", "一个绿色的正方形", "紫色的葡萄", "一个橙色的篮球"]
+    shapes = [pipe.encode_prompts([p])[1].mask.shape[1] for p in prompts]
+    assert max(shapes.count(e) for e in set(shapes)) >= 2  # some share a prefill
+    try:
+        first = engine.submit(ImageRequest(PROMPTS[0], seed=1, partial_images=1), hold)
+        assert held.wait(60)
+        requests = [ImageRequest(p, n=1 + i % 2, seed=20 + i, sampling=pipe.sampling.updated(
+            guidance_scale=(1.0, 3.0)[i % 2 == 1], top_k=(None, 16)[i == 2])) for i, p in enumerate(prompts)]
+        jobs = [engine.submit(r) for r in requests]
+        release.set()
+        first.wait(60)
+        for job in jobs:
+            job.wait(60)
+        assert engine.prefills == 1 + len(set(shapes))
+        for r, job in zip(requests, jobs, strict=True):
+            s = r.sampling
+            out = pipe(r.prompt, num_images_per_prompt=r.n, generator=torch.Generator().manual_seed(r.seed),
+                       top_k=s.top_k, top_p=s.top_p, temperature=s.temperature, guidance_scale=s.guidance_scale)
+            assert torch.equal(job.codes.cpu(), out.codes.cpu()), r
+    finally:
+        release.set()
+        engine.close()
