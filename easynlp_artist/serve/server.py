@@ -136,6 +136,8 @@ class Metrics:
             ("artist_batch_rows_peak", "peak_rows", "most rows ever decoded in one step"),
             ("artist_batch_requests_peak", "peak_requests", "most requests ever in the batch at once"),
             ("artist_images_per_second", "images_per_second", "images finished per second over the last minute"),
+            ("artist_steps", "steps", "batch steps since the start (one code for every running row)"),
+            ("artist_step_rows", "step_rows", "running rows summed over the steps (/ artist_steps: mean batch rows)"),
         ):
             Gauge(metric, help_, registry=r).set_function(stat(key))
         self.images = Counter("artist_images", "images generated", registry=r)
@@ -184,15 +186,15 @@ def create_app(load: Callable[[], Any], settings: ServerSettings, model_name: st
     app = FastAPI(title="easynlp-artist", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.artist = state
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if request.method == "POST" and (length is None or not length.isdigit()):
+    def limit_body(method: str, length: str | None) -> JSONResponse | None:
+        if method == "POST" and (length is None or not length.isdigit()):
             return error(411, "a Content-Length header is required", kind="invalid_request_error")
         if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
             state.metrics.rejected.labels("body_too_large").inc()
             return error(413, f"request body of {length} bytes exceeds max_body_bytes={settings.max_body_bytes}")
-        return await call_next(request)
+        return None
+
+    app.add_middleware(RefuseBeforeBody, check=limit_body)
 
     def unauthorized(request: Request, key: str | None = settings.api_key, what: str = "API key") -> JSONResponse | None:
         if not key:
@@ -340,19 +342,20 @@ def create_app(load: Callable[[], Any], settings: ServerSettings, model_name: st
         job, events = submit(checked)
         if events is None:
             return job
-        if body.stream:
+        if body.stream:  # StreamingResponse ends the stream (and so cancels the job) when the client goes
             return StreamingResponse(stream(job, events, checked), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Request-Id": job.id})
+        gone = asyncio.ensure_future(disconnected(request))
         try:
             while True:
-                try:
-                    kind, *payload = await asyncio.wait_for(events.get(), timeout=0.25)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        job.cancel()  # the engine frees its rows at the next step boundary
-                        state.metrics.requests.labels("disconnected").inc()
-                        return Response(status_code=499)
-                    continue
+                event = asyncio.ensure_future(events.get())
+                await asyncio.wait((event, gone), return_when=asyncio.FIRST_COMPLETED)
+                if not event.done():
+                    event.cancel()
+                    job.cancel()  # the engine frees its rows at the next step boundary
+                    state.metrics.requests.labels("disconnected").inc()
+                    return Response(status_code=499)
+                kind, *payload = event.result()
                 if kind == "done":
                     done(job, payload[0])
                     return {"created": int(time.time()),
@@ -362,6 +365,7 @@ def create_app(load: Callable[[], Any], settings: ServerSettings, model_name: st
                         return Response(status_code=499)
                     return failure(job, payload[0])
         finally:
+            gone.cancel()
             if not job.finished.is_set():
                 job.cancel()
 
@@ -420,6 +424,31 @@ def _draining_server(config):
                     signal.signal(s, handler)
 
     return DrainingServer(config)
+
+
+class RefuseBeforeBody:
+    """ASGI middleware: ``check(method, content_length)`` may answer an HTTP request before its body
+    is read. Plain ASGI, not ``BaseHTTPMiddleware``: the app keeps the server's own ``receive``, so
+    waiting for a client's disconnect costs nothing while its request runs."""
+
+    def __init__(self, app, check: Callable[[str, str | None], Response | None]) -> None:
+        self.app = app
+        self.check = check
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            length = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-length"), None)
+            if (refused := self.check(scope["method"], length)) is not None:
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def disconnected(request: Request) -> None:
+    """Returns when the client has gone. The body is read by then, so the server's next ASGI
+    message is ``http.disconnect`` (uvicorn sends it when the connection closes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def serve(load: Callable[[], Any], settings: ServerSettings, model_name: str, host: str, port: int) -> None:

@@ -292,7 +292,12 @@ def test_queue_full_429_disconnect_frees_rows_and_sigterm_drains(servers):
             assert r.status_code == 429 and r.headers["retry-after"] == "1"
         # 3. the streaming client went away: its two rows leave, the waiting request runs alone
         assert _until(lambda: slow.metric("artist_running_rows") == 1, timeout=3)
-        # 4. SIGTERM while it runs: it still completes, new connections are refused, exit 0
+        # 4. a plain (not streamed) request whose client gives up: its row leaves as well
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url, json={"prompt": "黄色"}, headers=auth, timeout=httpx.Timeout(60, read=1.0))
+        assert _until(lambda: slow.metric('artist_requests_total{status="disconnected"}') == 1, timeout=3)
+        assert slow.metric("artist_running_rows") <= 1
+        # 5. SIGTERM while it runs: it still completes, new connections are refused, exit 0
         slow.proc.send_signal(signal.SIGTERM)
         t.join(60)
         assert waiting["r"].status_code == 200 and len(waiting["r"].json()["data"]) == 1
