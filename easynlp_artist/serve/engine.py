@@ -92,8 +92,8 @@ class RowCache:
         shape = (cfg.n_layer, capacity, cfg.n_head, cfg.block_size, hd)
         # zeros, not empty: a row's masked keys past its own position still enter attention's product
         # with weight 0, and 0 * NaN from uninitialised memory would be NaN
-        self.k = torch.zeros(shape, device=p.device, dtype=p.dtype)
-        self.v = torch.zeros(shape, device=p.device, dtype=p.dtype)
+        self.k = torch.zeros(shape, device=p.device, dtype=decoding.cache_dtype(p))
+        self.v = torch.zeros(shape, device=p.device, dtype=decoding.cache_dtype(p))
         self.capacity = capacity
         self.block_size = cfg.block_size
         self.lengths = [0] * capacity  # positions cached, per slot
@@ -146,8 +146,8 @@ class RowCache:
             raise ValueError(f"a row reaches position {max(pos) + 1} > block_size={self.block_size}")
         slots = torch.arange(lo, hi, device=k.device)
         at_t = torch.tensor(pos, device=k.device)
-        self.k[layer, slots, :, at_t] = k[:, :, 0]
-        self.v[layer, slots, :, at_t] = v[:, :, 0]
+        self.k[layer, slots, :, at_t] = k[:, :, 0].to(self.k.dtype)
+        self.v[layer, slots, :, at_t] = v[:, :, 0].to(self.v.dtype)
         end = max(pos) + 1
         return self.k[layer, lo:hi, :, :end], self.v[layer, lo:hi, :, :end]
 

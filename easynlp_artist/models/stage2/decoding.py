@@ -216,6 +216,17 @@ class KVCache:
         return self.form.multiply(x, packed, module.bias, act)
 
 
+def cache_dtype(param: torch.Tensor) -> torch.dtype:
+    """The dtype of keys and values for a model whose weights are like ``param``: float32 on CPU for a
+    bf16 / fp16 model, else the model's. Attention over the cache then runs on PyTorch's fp32 CPU
+    kernel: its flash kernel over a bf16 cache is several times slower than over an fp32 one at a few
+    rows per step without AMX, and grows with the rows (bench/README.md, "attention over the cache").
+    The cache holds a few percent of a step's bytes, so doubling it costs little."""
+    if param.device.type == "cpu" and param.dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return param.dtype
+
+
 def new_cache(gpt: ArtistGPT, batch: int, device=None, dtype=None, pack_weights: bool | None = None,
               rows_per_step: int | None = None, weights: str = "model") -> KVCache:
     """An empty cache for ``batch`` rows of ``gpt``. ``pack_weights`` (default: where it pays off for
@@ -227,7 +238,8 @@ def new_cache(gpt: ArtistGPT, batch: int, device=None, dtype=None, pack_weights:
     ``weights="int8"``: int8 weight-only Linears instead (:data:`INT8`, CPU; a quarter of the fp32
     bytes per step, products in bf16), for every Linear whose input width the kernel takes; it pays
     at one or two rows per step (figures in bench/README.md). ``pack_weights=False`` keeps the
-    model's own weights in either case."""
+    model's own weights in either case. Keys and values are kept in ``dtype``, by default
+    :func:`cache_dtype`."""
     p = gpt.pos_emb
     linears = list(decoding_linears(gpt))
     if weights not in WEIGHTS:
@@ -238,14 +250,14 @@ def new_cache(gpt: ArtistGPT, batch: int, device=None, dtype=None, pack_weights:
                              f"the model is on {p.device}")
         store = _store(gpt)
         packed = {m: store.get(m, INT8, batch) for m in linears if INT8.pays_off(m.weight, batch)}
-        return KVCache(gpt.config, batch, device or p.device, dtype or p.dtype, packed, INT8)
+        return KVCache(gpt.config, batch, device or p.device, dtype or cache_dtype(p), packed, INT8)
     if pack_weights is None:
         pack_weights = all(ONEDNN.pays_off(m.weight, rows_per_step or batch) for m in linears)
     packed = None
     if pack_weights:
         store = _store(gpt)
         packed = {m: store.get(m, ONEDNN, batch) for m in linears}
-    return KVCache(gpt.config, batch, device or p.device, dtype or p.dtype, packed, ONEDNN)
+    return KVCache(gpt.config, batch, device or p.device, dtype or cache_dtype(p), packed, ONEDNN)
 
 
 def window_logits(gpt: ArtistGPT, image_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:

@@ -101,7 +101,8 @@ class DecodingCache(Protocol):
     length: int  # positions already cached; the next input starts at this position
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new positions' (B, H, T, hd) keys and values; return all cached ones so far."""
+        """Store the new positions' (B, H, T, hd) keys and values; return all cached ones so far (in
+        the cache's dtype, which attention then runs in)."""
 
     def linear(self, module: nn.Linear, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
         """``act(module(x))`` (or ``module(x)``), computed as the cache sees fit."""
@@ -144,7 +145,8 @@ class CausalSelfAttention(nn.Module):
         past = 0
         if cache is not None:
             past = cache.length
-            k, v = cache.update(layer, k, v)  # (B, H, past + T, hd)
+            k, v = cache.update(layer, k, v)  # (B, H, past + T, hd), in the cache's dtype
+            q = q.to(k.dtype)  # attention runs in the cache's precision (decoding.cache_dtype)
         dropout = self.attn_pdrop if self.training else 0.0
         mask = _cache_hook(cache, "attention_mask", T)
         if mask is not None:
@@ -157,7 +159,7 @@ class CausalSelfAttention(nn.Module):
             # new block after a cached prefix: query i (absolute past + i) sees keys 0 .. past + i
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, C).to(x.dtype)  # (B, T, C)
         y = lin(self.proj, y)
         return self.resid_drop(y) if self.training else y  # eval: skip the no-op call (decoding steps)
 

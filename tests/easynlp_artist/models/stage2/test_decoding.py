@@ -53,6 +53,13 @@ def test_decoding_packs_weights_where_it_pays_off_and_bf16_packed_matches_plain(
     torch.testing.assert_close(logits[1], logits[0], rtol=0.05, atol=0.05)
     full = tiny().eval().image_logits(text, img)[:, :5].transpose(0, 1)
     assert (logits[1] - full).abs().max() < 0.1 * full.abs().max()
+    # keys and values of a bf16 model on CPU are kept in fp32 (attention runs there); a bf16 cache
+    # when asked for gives the same logits within bf16 rounding
+    assert new_cache(bf16, 3).k.dtype == torch.float32
+    cache = new_cache(bf16, 3, dtype=torch.bfloat16)
+    assert cache.k.dtype == torch.bfloat16
+    out = [bf16.prefill(text, None, cache)] + [bf16.step(img[:, i : i + 1], cache) for i in range(4)]
+    torch.testing.assert_close(torch.stack(out).float(), logits[1], rtol=0.05, atol=0.05)
 
 
 def test_packed_weights_are_kept_between_calls_and_remade_when_a_weight_changes():
