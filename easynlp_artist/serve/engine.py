@@ -37,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -73,6 +74,14 @@ class Cancelled(RuntimeError):
 # ------------------------------------------------------------------------------------ the row cache
 
 
+class _Layout(NamedTuple):
+    length: int  # the window's smallest position (what the model adds T to)
+    uniform: int | None  # the position of every row, where they are at one
+    slots: torch.Tensor | None  # else: the window's slots,
+    at: torch.Tensor | None  # each row's position,
+    mask: torch.Tensor | None  # and (B, 1, 1, S) additive: 0 for a row's keys, -inf past its position
+
+
 class RowCache:
     """Keys and values for up to ``capacity`` rows, each row at its own position.
 
@@ -97,8 +106,7 @@ class RowCache:
         self.capacity = capacity
         self.block_size = cfg.block_size
         self.lengths = [0] * capacity  # positions cached, per slot
-        self.window = (0, 0)
-        self._mask: tuple[tuple, torch.Tensor | None] | None = None
+        self.window = (0, 0)  # (also clears the layout worked out for the last one)
         # caches used only for their ``linear``, sharing the weight copies the pipeline's sampler keeps
         if weights == "int8":  # decoding.INT8 for every row count, as new_cache(weights="int8") does
             self._plain = self._packed = decoding.new_cache(gpt, 0, weights="int8")
@@ -112,9 +120,35 @@ class RowCache:
     # -- the DecodingCache protocol --
 
     @property
+    def window(self) -> tuple[int, int]:
+        """The slots ``lo .. hi-1`` the next forward pass runs on (set before each one)."""
+        return self._window
+
+    @window.setter
+    def window(self, value: tuple[int, int]) -> None:
+        self._window = value
+        self._plan = None
+
+    def _layout(self) -> _Layout:
+        """Where the window's rows are, worked out once per forward pass (every layer asks)."""
+        if self._plan is None:
+            lo, hi = self.window
+            pos = self.lengths[lo:hi]
+            if all(n == pos[0] for n in pos):
+                self._plan = _Layout(pos[0], pos[0], None, None, None)
+            else:
+                dev = self.k.device
+                at = torch.tensor(pos, device=dev)  # each row's new token's position
+                keys = torch.arange(max(pos) + 1, device=dev)
+                hidden = (keys[None, :] > at[:, None])[:, None, None, :]  # (B, 1, 1, S)
+                # additive: SDPA adds it as it is (a bool mask it converts to this in every layer)
+                mask = torch.zeros(hidden.shape, device=dev, dtype=self.k.dtype).masked_fill_(hidden, float("-inf"))
+                self._plan = _Layout(min(pos), None, torch.arange(lo, hi, device=dev), at, mask)
+        return self._plan
+
+    @property
     def length(self) -> int:
-        lo, hi = self.window
-        return min(self.lengths[lo:hi], default=0)
+        return self._layout().length if self.window[1] > self.window[0] else 0
 
     @length.setter
     def length(self, value: int) -> None:
@@ -122,18 +156,14 @@ class RowCache:
         lo, hi = self.window
         for s in range(lo, hi):
             self.lengths[s] += delta
-        self._mask = None
-
-    def _uniform(self) -> int | None:
-        lo, hi = self.window
-        first = self.lengths[lo]
-        return first if all(n == first for n in self.lengths[lo:hi]) else None
+        self._plan = None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = self.window
         T = k.shape[2]
-        at = self._uniform()
-        if at is not None:
+        plan = self._layout()
+        if plan.uniform is not None:
+            at = plan.uniform
             if at + T > self.block_size:
                 raise ValueError(f"rows reach position {at + T} > block_size={self.block_size}")
             self.k[layer, lo:hi, :, at : at + T] = k
@@ -141,14 +171,11 @@ class RowCache:
             return self.k[layer, lo:hi, :, : at + T], self.v[layer, lo:hi, :, : at + T]
         if T != 1:
             raise ValueError("rows at different positions advance one token at a time")
-        pos = self.lengths[lo:hi]
-        if max(pos) >= self.block_size:
-            raise ValueError(f"a row reaches position {max(pos) + 1} > block_size={self.block_size}")
-        slots = torch.arange(lo, hi, device=k.device)
-        at_t = torch.tensor(pos, device=k.device)
-        self.k[layer, slots, :, at_t] = k[:, :, 0].to(self.k.dtype)
-        self.v[layer, slots, :, at_t] = v[:, :, 0].to(self.v.dtype)
-        end = max(pos) + 1
+        end = plan.mask.shape[-1]
+        if end > self.block_size:
+            raise ValueError(f"a row reaches position {end} > block_size={self.block_size}")
+        self.k[layer, plan.slots, :, plan.at] = k[:, :, 0].to(self.k.dtype)
+        self.v[layer, plan.slots, :, plan.at] = v[:, :, 0].to(self.v.dtype)
         return self.k[layer, lo:hi, :, :end], self.v[layer, lo:hi, :, :end]
 
     def linear(self, module: nn.Linear, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
@@ -160,15 +187,7 @@ class RowCache:
         return start[:, None] + torch.arange(T, device=self.k.device)
 
     def attention_mask(self, T: int) -> torch.Tensor | None:
-        if self._uniform() is not None:
-            return None  # the model's own causal / one-token path
-        lo, hi = self.window
-        key = (lo, hi)
-        if self._mask is None or self._mask[0] != key:
-            pos = torch.tensor(self.lengths[lo:hi], device=self.k.device)  # each row's new token's position
-            keys = torch.arange(max(self.lengths[lo:hi]) + 1, device=self.k.device)
-            self._mask = (key, (keys[None, :] <= pos[:, None])[:, None, None, :])  # (B, 1, 1, S)
-        return self._mask[1]
+        return self._layout().mask  # None where the rows are at one position: the model's own path
 
     # -- slots --
 
@@ -189,7 +208,7 @@ class RowCache:
                 self.lengths[b] = self.lengths[a]
         for s in range(keep, rows):
             self.lengths[s] = 0
-        self._mask = None
+        self._plan = None
         return moves
 
 
