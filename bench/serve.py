@@ -15,7 +15,9 @@ real process on loopback (``num_threads`` = ``--threads``), and from this proces
 * **clients**: C threads, each sending its requests one after another (``n=1``, a seed each,
   plain HTTP ``POST /v1/images/generations``); images/s over the wall time of the whole load, and
   p50/p95 of the request latencies, and the mean rows per batch step (from ``/metrics``). Goal at
-  8 clients: ≥ 3× the single-client throughput.
+  8 clients: ≥ 3× the single-client throughput;
+* **one step** of 8 rows through the offline sampler's cache and through the server's row cache,
+  rows at one position and at their own positions (``step_ms``).
 
 The sampling settings are the checkpoint's own (the server and the pipeline read the same
 ``generation_config.json``), so a guided image costs two rows in both.
@@ -100,6 +102,48 @@ def load(url: str, clients: int, per_client: int) -> tuple[float, list[float]]:
     return wall, latencies
 
 
+def step_ms(pipe, rows: int = 8, reps: int = 5, n: int = 20) -> dict[str, float]:
+    """One batch step of ``rows`` rows, best of ``reps`` means over ``n`` steps, in ms: the offline
+    sampler's cache, the server's row cache with every row at one position, and with each row at
+    its own position (as under load, where requests join at different steps)."""
+    from easynlp_artist.models.stage2 import decoding
+    from easynlp_artist.serve.engine import RowCache
+
+    gpt = pipe.model.gpt
+    ids, know = pipe.encode_prompts([PROMPTS[0]] * rows)
+    tok = torch.zeros(rows, 1, dtype=torch.long)
+
+    def best(setup, step) -> float:
+        times = []
+        for _ in range(reps):
+            setup()
+            start = time.perf_counter()
+            for _ in range(n):
+                setup()
+                step()
+            times.append((time.perf_counter() - start) / n * 1e3)
+        return min(times)
+
+    out = {}
+    with torch.no_grad():
+        kv = decoding.new_cache(gpt, rows)
+        gpt.prefill(ids, know, kv)
+        at = kv.length
+        out["offline cache"] = best(lambda: setattr(kv, "length", at), lambda: gpt.step(tok, kv))
+        rc = RowCache(gpt, rows)
+        rc.window = (0, rows)
+        gpt.prefill(ids, know, rc)
+        for name, spread in (("row cache, one position", 0), ("row cache, own positions", 1)):
+            lengths = [at + spread * i for i in range(rows)]
+
+            def setup(lengths=lengths):
+                rc.lengths[:rows] = lengths
+                rc.window = (0, rows)
+
+            out[name] = best(setup, lambda: gpt.step(tok, rc))
+    return out
+
+
 def seconds(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -115,6 +159,9 @@ def bench_model(name: str, source: str, args: argparse.Namespace, per_client: in
     s = pipe.sampling
     print(f"\n## {name}: {pipe.model.config.gpt.img_len} image tokens per image, guidance_scale={s.guidance_scale:g} "
           f"(rows per image: {2 if s.guidance_scale != 1.0 else 1}), {per_client} request(s) per client", flush=True)
+
+    steps = step_ms(pipe)
+    print("one step of 8 rows: " + ", ".join(f"{k} {v:.2f} ms" for k, v in steps.items()), flush=True)
 
     def direct():
         pipe(PROMPTS[0], generator=torch.Generator().manual_seed(1000))
