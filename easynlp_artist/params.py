@@ -28,7 +28,7 @@ def _given(obj) -> dict:
 class ModelParams:
     pretrain_model_name_or_path: str | None = param(
         None, "a ModelZoo name, URI or folder: the model to fine-tune (train) or to use (evaluate/predict)")
-    dtype: Literal["float32", "bfloat16"] = param("float32", "evaluate/predict weights (bfloat16: CPUs with AMX, GPUs)")
+    dtype: Literal["float32", "bfloat16"] = param("float32", "evaluate/predict weights (bfloat16: GPUs, CPUs with AMX or AVX512-BF16)")
     vqgan_dtype: Literal["float32", "bfloat16"] | None = param(
         None, "the image decoder's weights when they should differ from dtype (bfloat16: CPUs with AMX, GPUs)")
     num_threads: int | None = param(
