@@ -102,7 +102,7 @@ class RowCache:
         # zeros, not empty: a row's masked keys past its own position still enter attention's product
         # with weight 0, and 0 * NaN from uninitialised memory would be NaN
         self.k = torch.zeros(shape, device=p.device, dtype=decoding.cache_dtype(p))
-        self.v = torch.zeros(shape, device=p.device, dtype=decoding.cache_dtype(p))
+        self.v = torch.zeros_like(self.k)
         self.capacity = capacity
         self.block_size = cfg.block_size
         self.lengths = [0] * capacity  # positions cached, per slot
@@ -478,14 +478,11 @@ class Engine:
         """The joining jobs' rows join the batch: one forward pass over the text of all of them whose
         inputs have the same shape (with knowledge: the same number of entity slots, so each row sees
         what it would see alone), each group at the next free slots, then their first codes drawn."""
+        ready: list[tuple[Job, torch.Tensor, KnowledgeInputs | None]] = []
+        for job in jobs:  # a request whose prompt cannot be encoded fails alone
+            self._guarded(job, lambda j: ready.append((j, *self._inputs(j))))
         groups: dict[tuple | None, list[tuple[Job, torch.Tensor, KnowledgeInputs | None]]] = {}
-        for job in jobs:
-            try:
-                text, know = self._inputs(job)
-            except Exception as exc:  # noqa: BLE001 - one request's failure is its own
-                logger.exception("request %s failed", job.id)
-                self._fail(job, exc)
-                continue
+        for job, text, know in ready:
             key = None if know is None else (know.mask.shape[1], know.nothing is None)
             groups.setdefault(key, []).append((job, text, know))
         for group in groups.values():
