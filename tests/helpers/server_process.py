@@ -21,6 +21,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def until(predicate, timeout: float = 10.0, every: float = 0.02) -> bool:
+    """Whether ``predicate()`` became true within ``timeout`` seconds (asked every ``every`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
 def children(pid: int) -> list[int]:
     """The direct child processes of ``pid`` (Linux)."""
     with open(f"/proc/{pid}/task/{pid}/children") as handle:
