@@ -264,6 +264,7 @@ class Text2ImageArtistApp(BaseApp):
             api_key=server.api_key_from(s.api_key), admin_key=server.api_key_from(s.admin_key, server.ADMIN_KEY_ENV),
             max_queue=s.max_queue, max_batch_rows=s.max_batch_rows,
             request_timeout=s.request_timeout, max_body_bytes=s.max_body_bytes, max_prompt_chars=s.max_prompt_chars,
+            decode_processes=s.decode_processes,
         )
 
         def load():

@@ -177,6 +177,9 @@ class ServeParams:
     request_timeout: float = param(300.0, "seconds a request may wait and run")
     max_body_bytes: int = param(65536, "largest request body")
     max_prompt_chars: int = param(512, "longest prompt (and negative prompt)")
+    decode_processes: bool | None = param(
+        None, "decode finished images in child processes (default: true for a model on CPU), so the VQGAN's "
+              "Python does not take turns with the sampler's")
 
     def __post_init__(self) -> None:
         for name in ("max_batch_rows", "max_body_bytes", "max_prompt_chars"):

@@ -7,7 +7,9 @@ the running batch; every running
 row then advances one image token in one ``gpt.step``; a request whose last token is drawn leaves
 at once, and a decoder thread decodes its codes with the VQGAN while the batch goes on, so the batch
 never waits for its slowest member nor for the decoder (on CPU, with one torch thread, the two
-threads use two cores). While no row is being sampled, the sampler's share of the cores decodes
+threads use two cores). On CPU each decoder thread hands its requests to a child process of its
+own (``decoders.py``), so the VQGAN's Python never takes turns for the interpreter lock with the
+scheduler's. While no row is being sampled, the sampler's share of the cores decodes
 too: an idle decoder (one where the CPU has room for it) takes finished requests only then, so a
 batch that finishes together is decoded two images at a time, and sampling never shares its cores.
 
@@ -15,7 +17,8 @@ Rows keep their own positions in a :class:`RowCache` (the per-row cache the mode
 ``DecodingCache`` protocol allows: it supplies positions and an attention mask), and each request
 keeps its own sampling settings and ``torch.Generator``. Sampling is ``sampling.py``'s, step for
 step: logits as float, the guidance mix, ``filter_logits`` after the temperature, softmax, and one
-uniform per row per step by the same inverse-CDF draw, all of one request's rows in one draw — so a
+uniform per row per step by the same inverse-CDF draw (a request's uniforms are drawn at its
+prefill, all at once: the generator gives the numbers it gives one step at a time) — so a
 request with a ``seed`` draws the same random numbers as
 ``pipe(prompt, generator=torch.Generator().manual_seed(seed), num_images_per_prompt=n)``. Whether
 its codes are then bit-identical depends on the kernels giving the same logits at another batch
@@ -28,7 +31,6 @@ decoder thread) or ``("error", exception)``.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import secrets
@@ -41,7 +43,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-from PIL import Image
 
 from easynlp_artist.knowledge.batch import KnowledgeInputs
 from easynlp_artist.models.stage1.vqgan import images_to_uint8
@@ -49,6 +50,7 @@ from easynlp_artist.models.stage2 import decoding
 from easynlp_artist.models.stage2.gpt import ArtistGPT
 from easynlp_artist.models.stage2.sampling import SamplingConfig, _inverse_cdf_at, filter_logits, guide
 from easynlp_artist.runtime import available_cores
+from easynlp_artist.serve.decoders import DecoderStartError, ProcessDecoder, decode_pngs, png_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -181,10 +183,11 @@ class RowCache:
     def linear(self, module: nn.Linear, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
         return (self._packed if x.shape[0] > 1 else self._plain).linear(module, x, act)
 
-    def positions(self, T: int) -> torch.Tensor:
-        lo, hi = self.window
-        start = torch.tensor(self.lengths[lo:hi], device=self.k.device)
-        return start[:, None] + torch.arange(T, device=self.k.device)
+    def positions(self, T: int) -> torch.Tensor | None:
+        plan = self._layout()
+        if plan.uniform is not None:
+            return None  # every row at ``length``: the model's own path
+        return plan.at[:, None] + torch.arange(T, device=self.k.device)
 
     def attention_mask(self, T: int) -> torch.Tensor | None:
         return self._layout().mask  # None where the rows are at one position: the model's own path
@@ -245,6 +248,7 @@ class Job:
         self.generator = torch.Generator().manual_seed(seed)
         self.slots: list[int] = []  # its rows in the RowCache: conditional first, then unconditional
         self.codes: torch.Tensor | None = None  # (n, img_len)
+        self.uniforms: torch.Tensor | None = None  # (img_len, n, 1): one per code, drawn at the prefill
         self.drawn = 0  # image tokens drawn per row
         self.partial_at: list[int] = []  # token counts after which a partial image is sent
         self.cancelled = threading.Event()
@@ -272,6 +276,10 @@ class EngineConfig:
     # decoders that take finished requests only while no row is sampled; None: one on a CPU with a
     # core for it besides the sampler's and the decoder's threads, else none
     idle_decoders: int | None = None
+    # each decoder thread hands its requests to a child process of its own holding the VQGAN
+    # (serve/decoders.py: the decode's Python then does not take turns for the interpreter lock with
+    # the scheduler's), or decodes them itself; None: child processes for a model on CPU
+    decode_processes: bool | None = None
 
 
 def check_decoding(sampling: SamplingConfig) -> str:
@@ -284,11 +292,20 @@ def check_decoding(sampling: SamplingConfig) -> str:
     return sampling.weights
 
 
-def png_bytes(pixels) -> bytes:
-    """(H, W, 3) uint8 array → PNG file bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
+def _rows(x: torch.Tensor, slots: list[int], first: int) -> torch.Tensor:
+    """The rows of ``x`` (row ``i`` is slot ``first + i``) of ``slots``; a view where they are consecutive."""
+    lo = slots[0] - first
+    if slots == list(range(slots[0], slots[0] + len(slots))):
+        return x[lo : lo + len(slots)]
+    return x[torch.tensor(slots, device=x.device) - first]
+
+
+def _put(buf: torch.Tensor, slots: list[int], values: torch.Tensor) -> None:
+    """``buf[slots] = values``, through a slice where the slots are consecutive."""
+    if slots == list(range(slots[0], slots[0] + len(slots))):
+        buf[slots[0] : slots[0] + len(slots)] = values
+    else:
+        buf[torch.tensor(slots, device=buf.device)] = values
 
 
 class Engine:
@@ -306,6 +323,7 @@ class Engine:
         self.img_len = self.gpt.config.img_len
         self.weights = check_decoding(pipe.sampling)
         self.cache = RowCache(self.gpt, self.config.max_batch_rows, self.weights)
+        self._next = torch.zeros(self.config.max_batch_rows, dtype=torch.long, device=pipe.device)  # each slot's next input
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []
         self._joining: list[Job] = []  # out of the queue, not yet prefilled
@@ -330,8 +348,15 @@ class Engine:
         helpers = self.config.idle_decoders
         if helpers is None:
             helpers = int(self.pipe.device.type == "cpu" and available_cores() >= 2 * torch.get_num_threads())
-        self._decoders = [threading.Thread(target=self._decode_loop, args=(i > 0,), name=f"artist-decoder-{i}",
-                                           daemon=True) for i in range(1 + helpers)]
+        processes = self.config.decode_processes
+        if processes is None:
+            processes = all(p.device.type == "cpu" for p in self.vqgan.parameters())
+        names = [f"artist-decoder-{i}" for i in range(1 + helpers)]
+        # one child process per decoder thread, where decodes leave the server's process
+        self.decode_processes = [ProcessDecoder(self.vqgan, torch.get_num_threads(), name) if processes else None
+                                 for name in names]
+        self._decoders = [threading.Thread(target=self._decode_loop, args=(i > 0, process), name=name, daemon=True)
+                          for i, (name, process) in enumerate(zip(names, self.decode_processes, strict=True))]
         self._thread.start()
         for t in self._decoders:
             t.start()
@@ -509,6 +534,10 @@ class Engine:
             job.slots = list(range(start, start + job.rows))
             start += job.rows
             job.codes = torch.empty(job.request.n, self.img_len, dtype=torch.long, device=self.pipe.device)
+            # every uniform its rows will draw, up front: the CPU generator gives the numbers it would give
+            # one step at a time, in the same order (sampling.py's draws)
+            job.uniforms = torch.rand((self.img_len, job.request.n, 1), generator=job.generator,
+                                      device=job.generator.device)
             p = job.request.partial_images
             job.partial_at = sorted({max(1, round(self.img_len * i / (p + 1))) for i in range(1, p + 1)})
             self._running.append(job)
@@ -521,23 +550,27 @@ class Engine:
         """One token for each row of ``jobs`` (sharing one sampling setting) from the logits of the
         slots they hold (row ``i`` of ``logits`` is slot ``first_slot + i``): sampling.py's steps on all
         their rows at once (each step works row by row), one uniform per row from each job's own
-        generator, in job order."""
+        generator (drawn at its prefill), in job order. The codes go to each job and to the slots'
+        next input (both rows of a guided image read it)."""
         cfg = jobs[0].request.sampling
-        cond = [s - first_slot for j in jobs for s in j.slots[: j.request.n]]
+        cond = [s for j in jobs for s in j.slots[: j.request.n]]
         x = logits.float()
         if jobs[0].rows > jobs[0].request.n:
-            uncond = [s - first_slot for j in jobs for s in j.slots[j.request.n :]]
-            x = guide(x[cond], x[uncond], cfg.guidance_scale)
+            uncond = [s for j in jobs for s in j.slots[j.request.n :]]
+            x = guide(_rows(x, cond, first_slot), _rows(x, uncond, first_slot), cfg.guidance_scale)
         else:
-            x = x[cond]
+            uncond = []
+            x = _rows(x, cond, first_slot)
         probs = filter_logits(x / cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1)
-        u = torch.cat([torch.rand((j.request.n, 1), generator=j.generator, device=j.generator.device,
-                                  dtype=probs.dtype) for j in jobs])
+        u = jobs[0].uniforms[jobs[0].drawn] if len(jobs) == 1 else torch.cat([j.uniforms[j.drawn] for j in jobs])
         nxt = _inverse_cdf_at(probs, u.to(probs.device))[:, 0]  # (rows,)
+        _put(self._next, cond, nxt)
+        if uncond:
+            _put(self._next, uncond, nxt)
         start = 0
         for job in jobs:
             n = job.request.n
-            job.codes[:, job.drawn] = nxt[start : start + n].to(job.codes.device)
+            job.codes[:, job.drawn] = nxt[start : start + n]
             start += n
             job.drawn += 1
         for job in jobs:
@@ -546,12 +579,8 @@ class Engine:
 
     def _step(self) -> None:
         R = self._rows
-        fed = torch.empty(R, 1, dtype=torch.long, device=self.pipe.device)
-        for job in self._running:
-            last = job.codes[:, job.drawn - 1 : job.drawn]
-            fed[job.slots] = torch.cat([last, last]) if job.rows > job.request.n else last
         self.cache.window = (0, R)
-        logits = self.gpt.step(fed, self.cache)  # (R, V)
+        logits = self.gpt.step(self._next[:R, None], self.cache)  # (R, V)
         self.steps += 1
         self.step_rows += R
         self._draw_groups(self._running, logits)
@@ -597,34 +626,54 @@ class Engine:
         if job not in self._running:
             return
         moves = self.cache.remove(job.slots, self._rows)
+        if moves:
+            self._next[list(moves.values())] = self._next[list(moves)]
         self._running.remove(job)
         self._rows -= job.rows
         for other in self._running:
             other.slots = [moves.get(s, s) for s in other.slots]
         job.slots = []
 
-    def _decode_loop(self, only_when_idle: bool) -> None:
-        """Decode finished requests in the order they finished; ``only_when_idle``: only while no row
-        is sampled (a decode already begun goes on when rows join)."""
+    def _decode_loop(self, only_when_idle: bool, process: ProcessDecoder | None) -> None:
+        """Decode finished requests in the order they finished, through ``process`` (else in this
+        thread); ``only_when_idle``: only while no row is sampled (a decode already begun goes on
+        when rows join)."""
         torch.set_grad_enabled(False)
-        while True:
-            with self._decode_cv:
-                while not (self._decodes and (not only_when_idle or self._sampler_idle())):
-                    if self._decoders_stop and (only_when_idle or not self._decodes):
-                        return  # the first decoder drains the rest
-                    self._decode_cv.wait()
-                job = self._decodes.popleft()
-            try:
-                if job.cancelled.is_set():
-                    self._fail(job, Cancelled("cancelled"))
-                else:
-                    self._guarded(job, self._finish)
-            finally:
-                self._decoding.discard(job)
 
-    def _finish(self, job: Job) -> None:
-        pixels = images_to_uint8(self.vqgan.decode(job.codes).float()).cpu().numpy()
-        job.result = [png_bytes(p) for p in pixels]
+        def decode(codes: torch.Tensor) -> list[bytes]:
+            nonlocal process
+            if process is not None:
+                try:
+                    return process(codes)
+                except DecoderStartError as exc:  # this thread decodes from now on; the request is not lost
+                    logger.error("%s; %s decodes in the server's process from now on (a script that starts "
+                                 "the engine must guard its entry point with `if __name__ == \"__main__\":`)",
+                                 exc, threading.current_thread().name)
+                    process.close()
+                    process = None
+            return decode_pngs(self.vqgan, codes)
+
+        try:
+            while True:
+                with self._decode_cv:
+                    while not (self._decodes and (not only_when_idle or self._sampler_idle())):
+                        if self._decoders_stop and (only_when_idle or not self._decodes):
+                            return  # the first decoder drains the rest
+                        self._decode_cv.wait()
+                    job = self._decodes.popleft()
+                try:
+                    if job.cancelled.is_set():
+                        self._fail(job, Cancelled("cancelled"))
+                    else:
+                        self._guarded(job, lambda j: self._finish(j, decode))
+                finally:
+                    self._decoding.discard(job)
+        finally:
+            if process is not None:
+                process.close()
+
+    def _finish(self, job: Job, decode: Callable[[torch.Tensor], list[bytes]]) -> None:
+        job.result = decode(job.codes)
         self.images_done += len(job.result)
         t = time.monotonic()
         self._done_times.extend([t] * len(job.result))

@@ -77,6 +77,7 @@ class ServerSettings:
     request_timeout: float = 300.0
     max_body_bytes: int = 64 * 1024
     max_prompt_chars: int = 512
+    decode_processes: bool | None = None  # EngineConfig.decode_processes
 
     def __repr__(self) -> str:  # the key never reaches a log line
         shown = {k: ("***" if k.endswith("_key") and v else v) for k, v in self.__dict__.items()}
@@ -169,8 +170,8 @@ def create_app(load: Callable[[], Any], settings: ServerSettings, model_name: st
             res = pipe.model.config.vqgan.resolution
             state.size = f"{res}x{res}"
             state.defaults = pipe.sampling
-            state.engine = Engine(pipe, EngineConfig(max_batch_rows=settings.max_batch_rows,
-                                                     max_queue=settings.max_queue))
+            state.engine = Engine(pipe, EngineConfig(max_batch_rows=settings.max_batch_rows, max_queue=settings.max_queue,
+                                                     decode_processes=settings.decode_processes))
             logger.info("model %s loaded: %s images, %s", model_name, state.size, settings)
         except Exception as exc:  # noqa: BLE001 - reported by /ready and the log; the process stays up
             state.load_error = f"{type(exc).__name__}: {exc}"
