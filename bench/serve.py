@@ -71,15 +71,19 @@ def request(client, url: str, prompt: str, seed: int) -> float:
 
 
 def load(url: str, clients: int, per_client: int) -> tuple[float, list[float]]:
-    """``clients`` threads, ``per_client`` requests each; (wall seconds, latencies)."""
+    """``clients`` threads, ``per_client`` requests each; (wall seconds, latencies). Each thread makes
+    its client before the clock starts (an ``httpx.Client`` builds an SSL context, ~10-20 ms of CPU
+    that would otherwise land on the cores the server is measured on)."""
     import httpx
 
     latencies: list[float] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
+    ready = threading.Barrier(clients + 1)
 
     def client_thread(c: int) -> None:
         with httpx.Client() as client:
+            ready.wait()
             for i in range(per_client):
                 k = c * per_client + i
                 try:
@@ -91,9 +95,10 @@ def load(url: str, clients: int, per_client: int) -> tuple[float, list[float]]:
                     latencies.append(t)
 
     threads = [threading.Thread(target=client_thread, args=(c,)) for c in range(clients)]
-    start = time.perf_counter()
     for t in threads:
         t.start()
+    ready.wait()
+    start = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
@@ -158,7 +163,8 @@ def bench_model(name: str, source: str, args: argparse.Namespace, per_client: in
     pipe.set_progress_bar_config(disable=True)
     s = pipe.sampling
     print(f"\n## {name}: {pipe.model.config.gpt.img_len} image tokens per image, guidance_scale={s.guidance_scale:g} "
-          f"(rows per image: {2 if s.guidance_scale != 1.0 else 1}), {per_client} request(s) per client", flush=True)
+          f"(rows per image: {2 if s.guidance_scale != 1.0 else 1}), {per_client} request(s) per client; "
+          f"server decode_processes={args.decode_processes or 'default'}", flush=True)
 
     steps = step_ms(pipe)
     print("one step of 8 rows: " + ", ".join(f"{k} {v:.2f} ms" for k, v in steps.items()), flush=True)
@@ -169,9 +175,10 @@ def bench_model(name: str, source: str, args: argparse.Namespace, per_client: in
     def batch8():
         pipe(PROMPTS, generator=torch.Generator().manual_seed(1000))
 
+    extra = "" if args.decode_processes is None else f" decode_processes={args.decode_processes}"
     server = ServerProcess(logs, *([f"--checkpoint_dir={source}"] if source != DEFAULT_MODEL else []),
-                           f"--user_defined_parameters=num_threads={args.threads} max_batch_rows={args.max_batch_rows}",
-                           env={"OMP_NUM_THREADS": str(args.threads)})
+                           f"--user_defined_parameters=num_threads={args.threads} max_batch_rows={args.max_batch_rows}"
+                           + extra, env={"OMP_NUM_THREADS": str(args.threads)})
     try:
         server.wait_ready(600)
         direct(), batch8(), load(server.url, 1, 1)  # warm-up: kernel selection, folded weights, page-ins
@@ -219,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=7, help="alternating direct/server pairs (embedded model)")
     p.add_argument("--base-repeats", type=int, default=3, help="alternating direct/server pairs (ARTIST-base shape)")
     p.add_argument("--max-batch-rows", type=int, default=32, help="the server's max_batch_rows")
+    p.add_argument("--decode-processes", choices=("true", "false"), default=None,
+                   help="the server's decode_processes (default: its own default, child processes on CPU)")
     p.add_argument("--skip-base", action="store_true", help="only the embedded model")
     p.add_argument("--skip-embedded", action="store_true", help="only the ARTIST-base shape")
     args = p.parse_args(argv)
