@@ -453,6 +453,17 @@ def run_decoding(args: argparse.Namespace) -> None:
                     if t_hf is not None:
                         line += f"; HF GPT2LMHeadModel.generate {t_hf:.2f} s, ours {t_hf / t:.2f}x HF"
                 print(line)
+        # the one-row fp32 path before it was measured per machine: plain products, side by side
+        chosen = decoding.one_row_packing_pays(fp32)
+        store = decoding._store(fp32)
+        store.one_row = False
+        t_plain, _, _ = pass_seconds(fp32, 1, "model", keys, 1, args.reps)
+        t_plain_sample, _ = timed(lambda: sample_image_tokens(fp32, prompts(cfg, 1, torch.Generator())))
+        store.one_row = chosen
+        print(f"fp32 batch 1, one-row packing measured on this CPU: {'packed' if chosen else 'plain'}; step "
+              f"{steps['fp32', 1] * 1e3:.1f} ms against plain products (the earlier fixed rule) "
+              f"{t_plain * 1e3:.1f} ms = {t_plain / steps['fp32', 1]:.2f}x; sampling {steps['fp32', 1, 'sample']:.2f} s "
+              f"against {t_plain_sample:.2f} s = {t_plain_sample / steps['fp32', 1, 'sample']:.2f}x")
         # the whole Jacobi loop here (random weights accept ~1 code per pass: this is its overhead)
         jstats = JacobiStats()
         t_loop, _ = timed(lambda: sample_image_tokens(bf16, prompts(cfg, 1, torch.Generator()), stats=jstats,
@@ -476,6 +487,56 @@ def run_decoding(args: argparse.Namespace) -> None:
     print(f"load average at the end: {load_average()}")
 
 
+def run_linears(args: argparse.Namespace) -> None:
+    """One Linear's product, plain (``F.linear``) against oneDNN-packed, per weight shape and row
+    count — the embedded model's shapes and the ARTIST-base shape's — the same weight over and over
+    (so weights up to a few MB stay in cache: a whole step, where they stream, is the figure that
+    decides one row: ``decoding.one_row_packing_pays``), and a whole fp32 step of one row each way."""
+    import torch.nn.functional as F
+
+    torch.set_num_threads(args.threads or 1)
+    print(f"machine: {describe_machine()}; isa: {isa_flags()}")
+    cfg = build_config(args).gpt
+    shapes = [(384, 128), (128, 128), (512, 128), (128, 512), (256, 128),  # the embedded model's
+              (3 * cfg.n_embd, cfg.n_embd), (4 * cfg.n_embd, cfg.n_embd), (cfg.img_vocab_size, cfg.n_embd)]
+    rows_list = (1, 2, 8, 16)
+    print("| weight (out x in) | MB | " + " | ".join(f"{r} row(s): plain / packed us" for r in rows_list) + " |")
+    print("|---|---|" + "---|" * len(rows_list))
+
+    def us(fn, n: int) -> float:
+        for _ in range(max(3, n // 10)):
+            fn()
+        return min(timed(lambda: [fn() for _ in range(n)])[0] for _ in range(3)) / n * 1e6
+
+    with torch.inference_mode():
+        for out, inp in shapes:
+            w, b = torch.randn(out, inp), torch.randn(out)
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, 2)
+            n = max(5, int(2e8 // (out * inp)) // 10)
+            cells = []
+            for r in rows_list:
+                x = torch.randn(r, 1, inp)
+                plain = us(lambda x=x, w=w, b=b: F.linear(x, w, b), n)
+                fast = us(lambda x=x, p=packed, b=b: torch.ops.mkldnn._linear_pointwise(x, p, b, "none", [], "none"), n)
+                mark = "**" if r * w.numel() >= decoding.PACK_MIN_PRODUCT else ""
+                cells.append(f"{mark}{plain:.1f} / {fast:.1f}{mark}")
+            print(f"| {out} x {inp} | {w.numel() * 4 / 1e6:.2f} | " + " | ".join(cells) + " |")
+        print(f"(bold: packed by the rule rows x elements >= {decoding.PACK_MIN_PRODUCT} for two rows or more)")
+    gpt = ArtistGPT(cfg).eval()  # outside inference mode: its weights' version counters key the packed copies
+    with torch.inference_mode():
+        keys = cfg.text_len + cfg.img_len // 2
+        store = decoding._store(gpt)
+        chosen = decoding.one_row_packing_pays(gpt)
+        figures = {}
+        for label, one_row in (("plain", False), ("packed", True)):
+            store.one_row = one_row
+            figures[label] = pass_seconds(gpt, 1, "model", keys, 1, args.reps)[0]
+        store.one_row = chosen
+        print(f"whole fp32 step, 1 row, ARTIST-base shape: plain {figures['plain'] * 1e3:.1f} ms, packed "
+              f"{figures['packed'] * 1e3:.1f} ms ({figures['plain'] / figures['packed']:.2f}x); "
+              f"one_row_packing_pays here: {chosen}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_shape_args(p)
@@ -494,8 +555,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
                    help="tuned: easynlp_artist.runtime.tune_cpu_allocator(), as the app does")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--section", choices=["samplers", "decoding"], default="samplers",
-                   help="samplers: cached vs full recompute (above); decoding: dtypes, int8, Jacobi, HF peer")
+    p.add_argument("--section", choices=["samplers", "decoding", "linears"], default="samplers",
+                   help="samplers: cached vs full recompute (above); decoding: dtypes, int8, Jacobi, HF peer; "
+                        "linears: plain vs oneDNN-packed products per shape and rows")
     p.add_argument("--jacobi-window", type=int, default=16, help="decoding: Jacobi guesses per pass")
     p.add_argument("--reps", type=int, default=5, help="decoding: timed passes per figure (the best is kept)")
     p.add_argument("--stream-mib", type=int, default=512, help="decoding: tensor read for the bandwidth figure")
@@ -509,4 +571,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     parsed = parse_args()
-    (run_decoding if parsed.section == "decoding" else run)(parsed)
+    {"decoding": run_decoding, "linears": run_linears}.get(parsed.section, run)(parsed)

@@ -92,7 +92,7 @@ class RowCache:
     that join (all at position 0), a step on every running row. Where the window's rows are all at
     one position the model takes its usual path (no mask); otherwise ``attention_mask`` hides each
     row's keys past its own position. Linears are multiplied as ``decoding.new_cache`` would for
-    the same number of rows (oneDNN-packed weights where that pays off), or with ``weights="int8"``
+    the same number of rows (oneDNN-packed weights where that pays off, Linear by Linear), or with ``weights="int8"``
     through ``decoding.INT8`` at every row count, as the sequential sampler does.
     """
 
@@ -110,14 +110,15 @@ class RowCache:
         self.lengths = [0] * capacity  # positions cached, per slot
         self.window = (0, 0)  # (also clears the layout worked out for the last one)
         # caches used only for their ``linear``, sharing the weight copies the pipeline's sampler keeps
-        if weights == "int8":  # decoding.INT8 for every row count, as new_cache(weights="int8") does
+        self._gpt = gpt
+        self._int8 = weights == "int8"
+        if self._int8:  # decoding.INT8 for every row count, as new_cache(weights="int8") does
             self._plain = self._packed = decoding.new_cache(gpt, 0, weights="int8")
-        else:  # plain, and oneDNN-packed (for 2 rows, as decoding packs them; the copy serves any count)
-            linears = list(decoding.decoding_linears(gpt))
-            packs = all(decoding.ONEDNN.pays_off(m.weight, 2) for m in linears)
+        else:  # plain, and oneDNN-packed for every Linear packing pays for at some row count up to capacity
             self._plain = decoding.new_cache(gpt, 0, pack_weights=False, weights=weights)
-            self._packed = decoding.new_cache(gpt, 2, pack_weights=True) if packs else self._plain
+            self._packed = decoding.new_cache(gpt, 0, rows_per_step=capacity)
         self._packed.k = self._packed.v = None  # their own keys and values are never used
+        self._forms: dict[tuple[nn.Linear, int], decoding.KVCache] = {}  # (Linear, rows) -> the cache that multiplies
 
     # -- the DecodingCache protocol --
 
@@ -181,7 +182,12 @@ class RowCache:
         return self.k[layer, lo:hi, :, :end], self.v[layer, lo:hi, :, :end]
 
     def linear(self, module: nn.Linear, x: torch.Tensor, act: nn.Module | None = None) -> torch.Tensor:
-        return (self._packed if x.shape[0] > 1 else self._plain).linear(module, x, act)
+        key = (module, x.shape[0])
+        form = self._forms.get(key)
+        if form is None:  # as new_cache would choose for this many rows
+            packs = self._int8 or decoding.pays_off(self._gpt, module, x.shape[0])
+            form = self._forms[key] = self._packed if packs else self._plain
+        return form.linear(module, x, act)
 
     def positions(self, T: int) -> torch.Tensor | None:
         plan = self._layout()

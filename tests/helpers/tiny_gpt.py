@@ -10,7 +10,7 @@ TINY = dict(img_vocab_size=20, text_vocab_size=30, text_len=5, img_len=6, n_laye
 
 def tiny(entity_dim=None, seed=0, **kw):
     torch.manual_seed(seed)
-    model = ArtistGPT(GPTConfig(**TINY, entity_dim=entity_dim, **kw)).eval()
+    model = ArtistGPT(GPTConfig(**{**TINY, **kw}, entity_dim=entity_dim)).eval()  # kw: other sizes
     # random, non-trivial weights everywhere (the init leaves biases and positions at zero)
     with torch.no_grad():
         for p in model.parameters():

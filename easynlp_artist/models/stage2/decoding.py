@@ -8,8 +8,10 @@ it) goes through ``cache.linear``. This module decides what that does:
 * on CPU, oneDNN-packed weights: a decoding step multiplies a few rows by every weight of the
   model, which is bound by how fast the weights stream from memory, and oneDNN's blocked layout
   streams faster than PyTorch's ``(out, in)`` one; the exact GELU after the first MLP Linear is
-  fused into the product. Packing pays off from two fp32 rows (for one row the plain
-  matrix-vector product is already at memory speed) and for any bf16 row count;
+  fused into the product. For fp32 packing pays off from two rows once a product is large
+  enough to amortise oneDNN's call (:data:`PACK_MIN_PRODUCT`; a 4M-parameter model's Linears
+  never are at a few rows); for one row it depends on the CPU, so it is measured once per model
+  (:func:`one_row_packing_pays`); for bf16 it pays at any row count;
 * on CPU with ``new_cache(weights="int8")``, int8 weight-only Linears (:data:`INT8`: a quarter of
   the fp32 bytes, bf16 products); PyTorch's kernel pays at one or two rows per step only.
 
@@ -33,7 +35,9 @@ continuous-batching engine needs a cache with a length per row (and positions fr
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -44,6 +48,7 @@ import torch.nn as nn
 from easynlp_artist.models.derived import DerivedWeight
 from easynlp_artist.models.stage2.gpt import ArtistGPT, GPTConfig, linear
 
+logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WeightForm:
@@ -56,11 +61,19 @@ class WeightForm:
     multiply: Callable[[torch.Tensor, Any, torch.Tensor | None, nn.Module | None], torch.Tensor]
 
 
+# rows x weight elements below which a packed fp32 product costs more than it saves: oneDNN's call
+# costs ~10 us more than MKL's, which a small product (a 4M-parameter model's Linears at a few rows)
+# never wins back (bench/README.md, "which Linears to pack")
+PACK_MIN_PRODUCT = 2**20
+
+
 def _onednn_pays_off(weight: torch.Tensor, rows: int) -> bool:
+    """Whether packing pays for ``rows`` rows, as far as the weight alone tells: a single fp32 row is
+    decided by measuring the whole model (:func:`one_row_packing_pays`)."""
     if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
     if weight.dtype == torch.float32:
-        return rows > 1  # a single fp32 row: MKL's plain matrix-vector product is faster
+        return rows * weight.numel() >= PACK_MIN_PRODUCT
     return weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
@@ -126,6 +139,7 @@ class PackedWeights(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.copies: dict[tuple[nn.Linear, str], DerivedWeight] = {}
+        self.one_row: bool | None = None  # one_row_packing_pays, measured once
 
     def get(self, module: nn.Linear, form: WeightForm, rows: int) -> torch.Tensor:
         derived = self.copies.setdefault((module, form.name), DerivedWeight())
@@ -133,6 +147,7 @@ class PackedWeights(nn.Module):
 
     def clear(self) -> None:
         self.copies.clear()
+        self.one_row = None
 
     def train(self, mode: bool = True) -> PackedWeights:
         if mode:
@@ -175,6 +190,54 @@ def release_packed_weights(gpt: ArtistGPT) -> None:
     store = getattr(gpt, _STORE, None)
     if store is not None:
         store.clear()
+
+
+def _pass_seconds(linears: list[nn.Linear], inputs: list[torch.Tensor], multiply) -> float:  # noqa: ANN001
+    """The fastest of three passes of ``multiply(module, x)`` over every Linear, in seconds."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for m, x in zip(linears, inputs, strict=True):
+            multiply(m, x)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def one_row_packing_pays(gpt: ArtistGPT) -> bool:
+    """Whether a step of one fp32 row runs faster through oneDNN-packed weights than through the
+    plain matrix-vector products, on this CPU: measured once per model (a pass over every Linear
+    weight the step streams, each way, the fastest of three) and kept until the copies are dropped.
+    Machines differ: packed was 1.7x faster at the ARTIST-base shape on one 2-core AMD EPYC and
+    1.15x slower on an Intel Xeon (bench/README.md, "which Linears to pack"). A model whose
+    one-row products are all too small to pack (:data:`PACK_MIN_PRODUCT`) is not measured."""
+    store = _store(gpt)
+    if store.one_row is None:
+        linears = [m for m in decoding_linears(gpt) if _onednn_pays_off(m.weight, 1)]
+        if not linears:
+            store.one_row = False
+        else:
+            had = {m for m in linears if (m, ONEDNN.name) in store.copies}
+            with torch.no_grad():
+                inputs = [torch.randn(1, 1, m.in_features, dtype=m.weight.dtype, device=m.weight.device)
+                          for m in linears]
+                packed = {m: store.get(m, ONEDNN, 2) for m in linears}
+                plain = _pass_seconds(linears, inputs, lambda m, x: linear(m, x))
+                fast = _pass_seconds(linears, inputs, lambda m, x: ONEDNN.multiply(x, packed[m], m.bias, None))
+            store.one_row = fast < 0.95 * plain  # a clear win only: the plain path needs no second copy
+            if not store.one_row:  # the copies made only to be measured are not kept
+                for m in set(linears) - had:
+                    del store.copies[(m, ONEDNN.name)]
+            logger.info("one-row decoding steps %s oneDNN-packed weights (measured: packed %.1f ms, plain %.1f ms "
+                        "per pass over %d Linears)", "use" if store.one_row else "do not use", fast * 1e3,
+                        plain * 1e3, len(linears))
+    return store.one_row
+
+
+def pays_off(gpt: ArtistGPT, module: nn.Linear, rows: int) -> bool:
+    """Whether ``module`` of ``gpt`` is multiplied through its oneDNN-packed copy at ``rows`` rows."""
+    if not _onednn_pays_off(module.weight, rows):
+        return False
+    return rows > 1 or module.weight.dtype != torch.float32 or one_row_packing_pays(gpt)
 
 
 def decoding_linears(gpt: ArtistGPT) -> Iterator[nn.Linear]:
@@ -251,12 +314,12 @@ def new_cache(gpt: ArtistGPT, batch: int, device=None, dtype=None, pack_weights:
         store = _store(gpt)
         packed = {m: store.get(m, INT8, batch) for m in linears if INT8.pays_off(m.weight, batch)}
         return KVCache(gpt.config, batch, device or p.device, dtype or cache_dtype(p), packed, INT8)
-    if pack_weights is None:
-        pack_weights = all(ONEDNN.pays_off(m.weight, rows_per_step or batch) for m in linears)
     packed = None
-    if pack_weights:
+    if pack_weights is not False:
+        rows = rows_per_step or batch
+        chosen = linears if pack_weights else [m for m in linears if pays_off(gpt, m, rows)]
         store = _store(gpt)
-        packed = {m: store.get(m, ONEDNN, batch) for m in linears}
+        packed = {m: store.get(m, ONEDNN, max(batch, 2)) for m in chosen}  # (a layout hint; see _onednn_prepare)
     return KVCache(gpt.config, batch, device or p.device, dtype or cache_dtype(p), packed, ONEDNN)
 
 

@@ -8,7 +8,14 @@ import pytest
 import torch
 from helpers.tiny_gpt import TINY, batch, knowledge, tiny
 
-from easynlp_artist.models.stage2.decoding import new_cache, packed_weights
+from easynlp_artist.models.stage2 import decoding
+from easynlp_artist.models.stage2.decoding import (
+    PACK_MIN_PRODUCT,
+    decoding_linears,
+    new_cache,
+    one_row_packing_pays,
+    packed_weights,
+)
 from easynlp_artist.models.stage2.sampling import SamplingConfig, sample_image_tokens
 
 
@@ -39,8 +46,16 @@ def test_kv_cache_equals_full_recompute(entity_dim, pack_weights):
 def test_decoding_packs_weights_where_it_pays_off_and_bf16_packed_matches_plain():
     model = tiny()
     assert torch.backends.mkldnn.is_available()  # the pinned CPU build ships oneDNN
-    assert len(new_cache(model, 3).packed) == 4 * TINY["n_layer"] + 1  # qkv, proj, fc, out per block; head
-    assert not new_cache(model, 1).packed  # one fp32 row: the plain matrix-vector product is faster
+    assert not new_cache(model, 3).packed  # products this small never pay for oneDNN's call
+    wide = tiny(n_embd=256)  # 256-wide: at 8 rows qkv (768x256) and the MLP's two (1024x256) are large enough
+    linears = list(decoding_linears(wide))
+    big = {m for m in linears if 8 * m.weight.numel() >= PACK_MIN_PRODUCT}
+    assert set(new_cache(wide, 8).packed) == big and len(big) == 3 * TINY["n_layer"]
+    assert not new_cache(wide, 3).packed
+    assert set(new_cache(wide, 1, rows_per_step=8).packed) == big  # rows per step decide, not the batch
+    assert len(new_cache(wide, 3, pack_weights=True).packed) == len(linears)  # asked for: every Linear
+    # one fp32 row: as measured on this CPU, once per model
+    assert bool(new_cache(wide, 1).packed) == one_row_packing_pays(wide)
     bf16 = tiny().to(torch.bfloat16).eval()
     text, img = batch()
     logits = []
@@ -62,7 +77,13 @@ def test_decoding_packs_weights_where_it_pays_off_and_bf16_packed_matches_plain(
     torch.testing.assert_close(torch.stack(out).float(), logits[1], rtol=0.05, atol=0.05)
 
 
-def test_packed_weights_are_kept_between_calls_and_remade_when_a_weight_changes():
+@pytest.fixture
+def pack_small(monkeypatch):
+    """The tiny model's products are too small to pack by default; these tests are about the copies."""
+    monkeypatch.setattr(decoding, "PACK_MIN_PRODUCT", 1)
+
+
+def test_packed_weights_are_kept_between_calls_and_remade_when_a_weight_changes(pack_small):
     model = tiny()
     text, _ = batch()
     greedy = SamplingConfig(top_k=1)
@@ -93,7 +114,7 @@ def test_packed_weights_are_kept_between_calls_and_remade_when_a_weight_changes(
     assert all(w.dtype == torch.bfloat16 for w in new_cache(model, 3).packed.values())
 
 
-def test_a_model_with_packed_weights_can_be_deep_copied():
+def test_a_model_with_packed_weights_can_be_deep_copied(pack_small):
     model = tiny()
     text, _ = batch()
     greedy = SamplingConfig(top_k=1)
@@ -103,3 +124,26 @@ def test_a_model_with_packed_weights_can_be_deep_copied():
     assert not packed_weights(twin) and packed_weights(model)
     assert torch.equal(sample_image_tokens(twin, text, sampling=greedy), before)
     assert packed_weights(twin)
+
+
+@pytest.mark.parametrize("packed_faster", [True, False])
+def test_one_row_packing_follows_the_measurement_once_and_keeps_no_unused_copies(monkeypatch, packed_faster):
+    """The one-row choice is whichever pass was faster; the timer is replaced by fixed figures (a
+    machine of known speed cannot be arranged here), everything else is real."""
+    model = tiny(n_embd=1024)  # one-row products of 1024x1024 and more: measured
+    calls = []
+
+    def timed(linears, inputs, multiply):
+        multiply(linears[0], inputs[0])  # both forms really run
+        calls.append(len(linears))
+        return 1.0 if (len(calls) % 2 == 0) == packed_faster else 2.0  # plain first, then packed
+
+    monkeypatch.setattr(decoding, "_pass_seconds", timed)
+    first = new_cache(model, 1)
+    assert bool(first.packed) == packed_faster
+    assert len(calls) == 2 and calls[0] == len([m for m in decoding_linears(model) if m.weight.numel() >= PACK_MIN_PRODUCT])
+    assert bool(new_cache(model, 1).packed) == packed_faster and len(calls) == 2  # kept, not measured again
+    assert bool(packed_weights(model)) == packed_faster  # copies made only to be measured are dropped
+    model.to(torch.float32)  # a move or cast drops the copies and the measurement with them
+    new_cache(model, 1)
+    assert len(calls) == 4
