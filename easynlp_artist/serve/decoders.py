@@ -3,7 +3,7 @@
 The engine's decoder threads call a decoder with a request's codes ``(n, img_len)`` and get one PNG
 file's bytes per image. :func:`decode_pngs` does it in the calling thread. :class:`ProcessDecoder`
 does it in a child process of its own that holds the same VQGAN (its tensors are shared with the
-child through shared memory, not copied): the decoder thread then only waits on a pipe, and the
+child through shared memory, not copied; they move there when the child starts): the decoder thread then only waits on a pipe, and the
 VQGAN's Python — for a small model most of a decode is the Python between its operators — no
 longer takes turns for the interpreter lock with the scheduler thread, whose every operator waits
 for it too (measured in bench/README.md, "decoders in child processes").
@@ -60,15 +60,15 @@ def _context():  # noqa: ANN202 - a multiprocessing context
 READY = "ready"
 
 
-def _child(conn, vqgan: nn.Module, threads: int, tune_allocator: bool) -> None:
-    """The decoder process: says it is ready, then takes codes (numpy arrays) and sends back PNGs, or
-    an error's text, until the pipe closes or ``None`` comes."""
+def _child(conn, threads: int, tune_allocator: bool) -> None:
+    """The decoder process: takes the VQGAN, says it is ready, then takes codes (numpy arrays) and
+    sends back PNGs, or an error's text, until the pipe closes or ``None`` comes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
     if tune_allocator:
         tune_cpu_allocator()
-    vqgan.eval()
+    vqgan = conn.recv().eval()
     conn.send(READY)
     while True:
         try:
@@ -112,10 +112,17 @@ class ProcessDecoder:
         ctx = _context()
         self._conn, child = ctx.Pipe()
         self._ready = False
-        self._proc = ctx.Process(target=_child, args=(child, self.vqgan, self.threads, runtime._applied),
-                                 name=self.name, daemon=True)
+        self._proc = ctx.Process(target=_child, args=(child, self.threads, runtime._applied), name=self.name,
+                                 daemon=True)
         self._proc.start()
         child.close()
+        # through the pipe, not the process's arguments: a process starts with at most 256 file
+        # descriptors, one per shared tensor (an ARTIST-base VQGAN has 343), while the pipe hands them
+        # over one by one
+        try:
+            self._conn.send(self.vqgan)
+        except OSError:  # the child ended at its start; the first call says so
+            logger.debug("decoder process %s: ended before it took the model", self.name)
 
     def _ended(self) -> str:
         self._proc.join(5)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers.server_process import until
 
-from easynlp_artist.models.stage1.vqgan import VQGAN
+from easynlp_artist.models.stage1.vqgan import VQGAN, VQGANConfig
 from easynlp_artist.pipeline import ArtistPipeline
 from easynlp_artist.serve.decoders import DecoderProcessError, DecoderStartError, ProcessDecoder, decode_pngs
 from easynlp_artist.serve.engine import Engine, EngineConfig, ImageRequest
@@ -48,6 +48,21 @@ def test_a_decoder_process_gives_this_processs_pngs_and_survives_a_bad_request_a
     finally:
         decoder.close()
     assert until(lambda: not _alive(pid))
+
+
+def test_a_vqgan_of_more_tensors_than_a_process_starts_with_decodes_in_its_child():
+    """A process starts with at most 256 file descriptors, one per shared tensor; the ARTIST-base
+    VQGAN has 343 (its server failed to load with the model passed at the child's start)."""
+    torch.manual_seed(0)
+    vqgan = VQGAN(VQGANConfig(resolution=16, ch=8, ch_mult=(1, 1, 2), num_res_blocks=6, attn_resolutions=(),
+                              z_channels=8, embed_dim=8, n_embed=32, norm_groups=4)).eval()
+    assert len(vqgan.state_dict()) > 256
+    codes = torch.randint(32, (2, 16), generator=torch.Generator().manual_seed(1))
+    decoder = ProcessDecoder(vqgan, 1, "many-tensors")
+    try:
+        assert decoder(codes) == decode_pngs(vqgan, codes)
+    finally:
+        decoder.close()
 
 
 def test_a_killed_decoder_process_fails_only_its_request_and_is_started_again(pipe, caplog):
