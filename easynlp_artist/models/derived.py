@@ -17,7 +17,10 @@ class DerivedWeight:
         self._value: torch.Tensor | None = None
 
     def get(self, weight: torch.Tensor, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        # an inference tensor (made under torch.inference_mode) has no version counter: only a new
+        # storage, dtype or device is seen for it (it cannot be updated in place outside that mode)
+        version = None if weight.is_inference() else weight._version
+        key = (weight.data_ptr(), version, weight.dtype, weight.device)
         if self._value is None or key != self._key:
             with torch.no_grad():
                 self._value = make(weight.detach())

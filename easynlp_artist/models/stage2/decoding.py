@@ -226,7 +226,7 @@ def one_row_packing_pays(gpt: ArtistGPT) -> bool:
             store.one_row = fast < 0.95 * plain  # a clear win only: the plain path needs no second copy
             if not store.one_row:  # the copies made only to be measured are not kept
                 for m in set(linears) - had:
-                    del store.copies[(m, ONEDNN.name)]
+                    store.copies.pop((m, ONEDNN.name), None)
             logger.info("one-row decoding steps %s oneDNN-packed weights (measured: packed %.1f ms, plain %.1f ms "
                         "per pass over %d Linears)", "use" if store.one_row else "do not use", fast * 1e3,
                         plain * 1e3, len(linears))

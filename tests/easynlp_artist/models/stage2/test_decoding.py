@@ -147,3 +147,15 @@ def test_one_row_packing_follows_the_measurement_once_and_keeps_no_unused_copies
     model.to(torch.float32)  # a move or cast drops the copies and the measurement with them
     new_cache(model, 1)
     assert len(calls) == 4
+
+
+def test_a_model_made_under_inference_mode_decodes_through_packed_copies():
+    """Inference tensors keep no version counter; the packed copies of such a model are still made,
+    and decoding through them equals the full recompute (it raised before, at any packed row count)."""
+    with torch.inference_mode():
+        model = tiny(n_embd=256)
+        text, _ = batch(8)
+        assert model.head.weight.is_inference() and new_cache(model, 8).packed
+        greedy = SamplingConfig(top_k=1)
+        assert torch.equal(sample_image_tokens(model, text, sampling=greedy),
+                           sample_image_tokens(model, text, sampling=greedy, use_cache=False))
