@@ -113,6 +113,7 @@ def test_a_decoder_process_that_cannot_start_hands_its_requests_to_its_thread(pi
     ChildRefusingVQGAN.parent = os.getpid()
     vqgan = ChildRefusingVQGAN(pipe.model.vqgan.config)
     vqgan.load_state_dict(pipe.model.vqgan.state_dict())
+    vqgan.eval()  # as the pipeline's (a VQGAN in training mode decodes ~1e-5 apart: a pixel may round differently)
     decoder = ProcessDecoder(vqgan, 1, "refused")
     with pytest.raises(DecoderStartError, match="before it was ready"):
         decoder(torch.zeros(1, 64, dtype=torch.long))
