@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import multiprocessing as mp
+import os
 import signal
 import threading
 
@@ -83,6 +84,24 @@ def _child(conn, threads: int, tune_allocator: bool) -> None:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
+SHARED_MEMORY = "/dev/shm"  # where torch's shared CPU tensors live on Linux
+
+
+def shared_memory_shortfall(module: nn.Module, folder: str = SHARED_MEMORY) -> str | None:
+    """Why ``module``'s tensors cannot move to shared memory, or None where they can: a container's
+    default /dev/shm (64 MB in Docker) is smaller than an ARTIST-base VQGAN (304 MB), and writing
+    past its end kills the process with SIGBUS. Where the folder cannot be read (no /dev/shm), None."""
+    need = sum(t.numel() * t.element_size() for t in module.state_dict().values() if not t.is_shared())
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return None
+    free = stat.f_bavail * stat.f_frsize
+    if need * 1.1 + (16 << 20) <= free:
+        return None
+    return f"{folder} has {free / 2**20:.0f} MiB free, the VQGAN needs {need / 2**20:.0f} MiB there"
+
+
 class DecoderProcessError(RuntimeError):
     """A decoder process failed a decode, or ended while decoding."""
 
@@ -121,8 +140,9 @@ class ProcessDecoder:
         # over one by one
         try:
             self._conn.send(self.vqgan)
-        except OSError:  # the child ended at its start; the first call says so
-            logger.debug("decoder process %s: ended before it took the model", self.name)
+        except (OSError, RuntimeError) as exc:  # the child ended at its start, or sharing failed: the first call says so
+            logger.warning("decoder process %s did not take the model: %s", self.name, exc)
+            self._proc.kill()
 
     def _ended(self) -> str:
         self._proc.join(5)
@@ -168,4 +188,5 @@ class ProcessDecoder:
             self._conn.close()
 
 
-__all__ = ["DecoderProcessError", "DecoderStartError", "ProcessDecoder", "decode_pngs", "png_bytes"]
+__all__ = ["DecoderProcessError", "DecoderStartError", "ProcessDecoder", "decode_pngs", "png_bytes",
+           "shared_memory_shortfall"]

@@ -50,7 +50,13 @@ from easynlp_artist.models.stage2 import decoding
 from easynlp_artist.models.stage2.gpt import ArtistGPT
 from easynlp_artist.models.stage2.sampling import SamplingConfig, _inverse_cdf_at, filter_logits, guide
 from easynlp_artist.runtime import available_cores
-from easynlp_artist.serve.decoders import DecoderStartError, ProcessDecoder, decode_pngs, png_bytes
+from easynlp_artist.serve.decoders import (
+    DecoderStartError,
+    ProcessDecoder,
+    decode_pngs,
+    png_bytes,
+    shared_memory_shortfall,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -357,6 +363,12 @@ class Engine:
         processes = self.config.decode_processes
         if processes is None:
             processes = all(p.device.type == "cpu" for p in self.vqgan.parameters())
+        short = shared_memory_shortfall(self.vqgan) if processes else None
+        if short and self.config.decode_processes:
+            raise ValueError(f"decode_processes=true: {short} (give the container more, e.g. docker --shm-size=1g)")
+        if short:
+            logger.warning("decoding in the server's process: %s (decode_processes=true needs more)", short)
+            processes = False
         names = [f"artist-decoder-{i}" for i in range(1 + helpers)]
         # one child process per decoder thread, where decodes leave the server's process
         self.decode_processes = [ProcessDecoder(self.vqgan, torch.get_num_threads(), name) if processes else None

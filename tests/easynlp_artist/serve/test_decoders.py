@@ -12,7 +12,13 @@ from helpers.server_process import until
 
 from easynlp_artist.models.stage1.vqgan import VQGAN, VQGANConfig
 from easynlp_artist.pipeline import ArtistPipeline
-from easynlp_artist.serve.decoders import DecoderProcessError, DecoderStartError, ProcessDecoder, decode_pngs
+from easynlp_artist.serve.decoders import (
+    DecoderProcessError,
+    DecoderStartError,
+    ProcessDecoder,
+    decode_pngs,
+    shared_memory_shortfall,
+)
 from easynlp_artist.serve.engine import Engine, EngineConfig, ImageRequest
 
 
@@ -131,5 +137,39 @@ def test_a_decoder_process_that_cannot_start_hands_its_requests_to_its_thread(pi
             assert again.wait(60) == decode_pngs(pipe.model.vqgan, again.codes)
         assert "before it was ready" in caplog.text and "if __name__" in caplog.text
         assert caplog.text.count("decodes in the server's process from now on") == 1
+    finally:
+        engine.close()
+
+
+def test_too_little_shared_memory_keeps_decodes_in_the_server(pipe, monkeypatch, caplog):
+    """A container's /dev/shm (64 MB by default in Docker) smaller than the VQGAN: by default the
+    engine decodes in its own process, and asking for child processes names the shortfall. The
+    folder's free space is faked (os.statvfs): a small /dev/shm cannot be mounted without privileges."""
+    vqgan = copy.deepcopy(pipe.model.vqgan)  # not yet shared
+    need = sum(t.numel() * t.element_size() for t in vqgan.state_dict().values())
+    real = os.statvfs
+
+    def small(path):
+        st = real(path)
+        if path != "/dev/shm":
+            return st
+        return os.statvfs_result((st.f_bsize, 4096, st.f_blocks, 1, 1, *tuple(st)[5:]))
+
+    monkeypatch.setattr(os, "statvfs", small)
+    assert "/dev/shm has 0 MiB free" in shared_memory_shortfall(vqgan)
+    assert f"needs {need / 2**20:.0f} MiB" in shared_memory_shortfall(vqgan)
+    model = copy.copy(pipe.model)
+    model._modules = {**pipe.model._modules, "vqgan": vqgan}
+    shim = copy.copy(pipe)
+    shim.model = model
+    with pytest.raises(ValueError, match=r"decode_processes=true: /dev/shm has 0 MiB free.*--shm-size"):
+        Engine(shim, EngineConfig(decode_processes=True))
+    with caplog.at_level(logging.WARNING, logger="easynlp_artist.serve.engine"):
+        engine = Engine(shim, EngineConfig(idle_decoders=0))
+    try:
+        assert engine.decode_processes == [None] and "decoding in the server's process: /dev/shm" in caplog.text
+        job = engine.submit(ImageRequest("一个红色的圆形", seed=1))
+        assert job.wait(60) == decode_pngs(vqgan, job.codes)
+        assert not any(t.is_shared() for t in vqgan.state_dict().values())  # nothing was moved there
     finally:
         engine.close()
