@@ -27,6 +27,7 @@ thread, and the many small per-token operations of cached decoding become severa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -408,6 +409,18 @@ def embedded_acceptance(window: int, images: int) -> tuple[JacobiStats, int, flo
     return stats, int(pipe.model.config.gpt.img_len ** 0.5), t_jacobi, t_seq
 
 
+@contextlib.contextmanager
+def one_row_packing(gpt: ArtistGPT, packed: bool):
+    """Within: one-row steps of ``gpt`` use packed weights or not, whatever this CPU measured."""
+    store = decoding._store(gpt)
+    measured = decoding.one_row_packing_pays(gpt)
+    store.one_row = packed
+    try:
+        yield
+    finally:
+        store.one_row = measured
+
+
 def run_decoding(args: argparse.Namespace) -> None:
     """Decode steps per dtype / weight form next to their floors, whole sampling calls against the
     Hugging Face peer, and Jacobi decoding's speed-up (pass cost here × acceptance on the embedded model)."""
@@ -455,11 +468,9 @@ def run_decoding(args: argparse.Namespace) -> None:
                 print(line)
         # the one-row fp32 path before it was measured per machine: plain products, side by side
         chosen = decoding.one_row_packing_pays(fp32)
-        store = decoding._store(fp32)
-        store.one_row = False
-        t_plain, _, _ = pass_seconds(fp32, 1, "model", keys, 1, args.reps)
-        t_plain_sample, _ = timed(lambda: sample_image_tokens(fp32, prompts(cfg, 1, torch.Generator())))
-        store.one_row = chosen
+        with one_row_packing(fp32, False):
+            t_plain, _, _ = pass_seconds(fp32, 1, "model", keys, 1, args.reps)
+            t_plain_sample, _ = timed(lambda: sample_image_tokens(fp32, prompts(cfg, 1, torch.Generator())))
         print(f"fp32 batch 1, one-row packing measured on this CPU: {'packed' if chosen else 'plain'}; step "
               f"{steps['fp32', 1] * 1e3:.1f} ms against plain products (the earlier fixed rule) "
               f"{t_plain * 1e3:.1f} ms = {t_plain / steps['fp32', 1]:.2f}x; sampling {steps['fp32', 1, 'sample']:.2f} s "
@@ -525,13 +536,11 @@ def run_linears(args: argparse.Namespace) -> None:
     gpt = ArtistGPT(cfg).eval()  # outside inference mode: its weights' version counters key the packed copies
     with torch.inference_mode():
         keys = cfg.text_len + cfg.img_len // 2
-        store = decoding._store(gpt)
         chosen = decoding.one_row_packing_pays(gpt)
         figures = {}
         for label, one_row in (("plain", False), ("packed", True)):
-            store.one_row = one_row
-            figures[label] = pass_seconds(gpt, 1, "model", keys, 1, args.reps)[0]
-        store.one_row = chosen
+            with one_row_packing(gpt, one_row):
+                figures[label] = pass_seconds(gpt, 1, "model", keys, 1, args.reps)[0]
         print(f"whole fp32 step, 1 row, ARTIST-base shape: plain {figures['plain'] * 1e3:.1f} ms, packed "
               f"{figures['packed'] * 1e3:.1f} ms ({figures['plain'] / figures['packed']:.2f}x); "
               f"one_row_packing_pays here: {chosen}")

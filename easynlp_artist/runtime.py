@@ -66,6 +66,11 @@ def tune_cpu_allocator() -> bool:
     return _applied
 
 
+def cpu_allocator_tuned() -> bool:
+    """Whether :func:`tune_cpu_allocator` is in effect in this process."""
+    return _applied
+
+
 # ------------------------------------------------------------------------------------------ threads
 
 # Below this many parameters a model's matrices are too small for a second thread to pay for its

@@ -3,8 +3,8 @@
 The engine's decoder threads call a decoder with a request's codes ``(n, img_len)`` and get one PNG
 file's bytes per image. :func:`decode_pngs` does it in the calling thread. :class:`ProcessDecoder`
 does it in a child process of its own that holds the same VQGAN (its tensors are shared with the
-child through shared memory, not copied; they move there when the child starts): the decoder thread then only waits on a pipe, and the
-VQGAN's Python — for a small model most of a decode is the Python between its operators — no
+child through shared memory, not copied; they move there when the child starts): the decoder
+thread then only waits on a pipe, and the VQGAN's Python — for a small model most of a decode is the Python between its operators — no
 longer takes turns for the interpreter lock with the scheduler thread, whose every operator waits
 for it too (measured in bench/README.md, "decoders in child processes").
 
@@ -28,7 +28,7 @@ import torch.nn as nn
 from PIL import Image
 
 from easynlp_artist.models.stage1.vqgan import images_to_uint8
-from easynlp_artist.runtime import tune_cpu_allocator
+from easynlp_artist.runtime import cpu_allocator_tuned, tune_cpu_allocator
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +40,15 @@ def png_bytes(pixels) -> bytes:
     return buf.getvalue()
 
 
+def decode_pixels(vqgan: nn.Module, codes: torch.Tensor):  # noqa: ANN201 - a numpy array
+    """Codes (n, img_len) → (n, H, W, 3) uint8 pixels (a writable numpy array), decoded in this thread."""
+    with torch.no_grad():
+        return images_to_uint8(vqgan.decode(codes).float()).cpu().numpy()
+
+
 def decode_pngs(vqgan: nn.Module, codes: torch.Tensor) -> list[bytes]:
     """Codes (n, img_len) → n PNG files, decoded by ``vqgan`` in this thread."""
-    with torch.no_grad():
-        pixels = images_to_uint8(vqgan.decode(codes).float()).cpu().numpy()
-    return [png_bytes(p) for p in pixels]
+    return [png_bytes(p) for p in decode_pixels(vqgan, codes)]
 
 
 def _context():  # noqa: ANN202 - a multiprocessing context
@@ -112,9 +116,10 @@ class DecoderStartError(DecoderProcessError):
 
 class ProcessDecoder:
     """A child process that decodes codes with ``vqgan`` (a CPU module; its tensors move to shared
-    memory, which this process's own decodes go on reading) on ``threads`` torch threads. Calls come
-    from one thread at a time (the engine gives each decoder thread its own). The child starts in
-    the background; the first call waits for it. A child that has ended is started again by the
+    memory, which this process's own decodes go on reading) on ``threads`` torch threads and this
+    process's allocator setting. Calls come from one thread at a time (the engine gives each
+    decoder thread its own). Making one starts the child and hands it the model; the first call
+    waits until it is ready. A child that has ended is started again by the
     next call; the call that found it ending fails (:class:`DecoderProcessError`, or
     :class:`DecoderStartError` where it ended before it was ready)."""
 
@@ -126,12 +131,10 @@ class ProcessDecoder:
         self._start()
 
     def _start(self) -> None:
-        from easynlp_artist import runtime  # whether this process tuned its allocator: the child does too
-
         ctx = _context()
         self._conn, child = ctx.Pipe()
         self._ready = False
-        self._proc = ctx.Process(target=_child, args=(child, self.threads, runtime._applied), name=self.name,
+        self._proc = ctx.Process(target=_child, args=(child, self.threads, cpu_allocator_tuned()), name=self.name,
                                  daemon=True)
         self._proc.start()
         child.close()
@@ -188,5 +191,5 @@ class ProcessDecoder:
             self._conn.close()
 
 
-__all__ = ["DecoderProcessError", "DecoderStartError", "ProcessDecoder", "decode_pngs", "png_bytes",
+__all__ = ["DecoderProcessError", "DecoderStartError", "ProcessDecoder", "decode_pixels", "decode_pngs", "png_bytes",
            "shared_memory_shortfall"]

@@ -45,7 +45,6 @@ import torch
 import torch.nn as nn
 
 from easynlp_artist.knowledge.batch import KnowledgeInputs
-from easynlp_artist.models.stage1.vqgan import images_to_uint8
 from easynlp_artist.models.stage2 import decoding
 from easynlp_artist.models.stage2.gpt import ArtistGPT
 from easynlp_artist.models.stage2.sampling import SamplingConfig, _inverse_cdf_at, filter_logits, guide
@@ -53,6 +52,7 @@ from easynlp_artist.runtime import available_cores
 from easynlp_artist.serve.decoders import (
     DecoderStartError,
     ProcessDecoder,
+    decode_pixels,
     decode_pngs,
     png_bytes,
     shared_memory_shortfall,
@@ -707,7 +707,7 @@ class Engine:
         """The images so far: whole rows of tokens already drawn are final, the rest grey."""
         codes = job.codes.clone()
         codes[:, job.drawn :] = 0
-        pixels = images_to_uint8(self.vqgan.decode(codes).float()).cpu().numpy().copy()
+        pixels = decode_pixels(self.vqgan, codes)
         grid = math.isqrt(self.img_len)
         done_rows = job.drawn // grid
         pixels[:, done_rows * pixels.shape[1] // grid :] = GREY
